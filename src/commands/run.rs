@@ -1,0 +1,155 @@
+//! `cairn run <guest> [PROMPT | -]`: one dispatch on one guest, its reply on
+//! stdout, the guest's stderr in the log, and an exit code that says how it
+//! went (see [`crate::error::exit`]).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::value_parser;
+
+use crate::commands::Global;
+use crate::data_dir::DataDir;
+use crate::dispatch::{Dispatch, Kind};
+use crate::error::Failure;
+use crate::guest_ref::{GuestRef, io_reason};
+use crate::invoke;
+use crate::sandbox::{Limits, Sandbox, SandboxConfig};
+
+/// The largest prompt read from stdin with `-`.
+const MAX_STDIN_PROMPT: u64 = 16 << 20;
+
+#[derive(clap::Args)]
+#[command(after_help = "Exit codes: 0 success, 1 internal error, 2 bad arguments or workspace, \
+3 guest could not be loaded, 4 guest trapped, 5 guest exited non-zero, 6 deadline exceeded, \
+7 memory cap exceeded, 8 output cap exceeded")]
+pub struct RunCommand {
+    /// The guest: a .wasm or .wat file, or a bundled guest's name (echo)
+    pub guest: String,
+    /// The prompt; `-` reads it from stdin
+    pub prompt: Option<String>,
+    /// Directory the guest sees read-write at /workspace [default: a new empty temporary directory]
+    #[arg(long, short, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Wall-clock deadline of the dispatch, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
+    /// Cap on the guest's linear memory, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 512, value_parser = value_parser!(u64).range(1..=4096))]
+    pub memory: u64,
+    /// Why the dispatch happens: a2a, heartbeat, job:NAME, task:NAME, trigger:NAME, continuation:NAME
+    #[arg(long, default_value = "a2a")]
+    pub kind: Kind,
+    /// The session the dispatch continues [default: a new one]
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Print the whole outcome (dispatch, events, reply, status) as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunCommand {
+    pub fn execute(self, global: &Global) -> Result<(), Failure> {
+        // Everything a user can get wrong is checked before a guest is loaded.
+        let workspace = Workspace::open(self.workspace.as_deref())?;
+        let data = DataDir::resolve(global.data_dir.as_deref())?;
+        data.check_outside(workspace.path()).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+        let prompt = self.read_prompt()?;
+        let guest_ref = GuestRef::parse(&self.guest).map_err(Failure::Usage)?;
+        let source = guest_ref.source().map_err(Failure::Usage)?;
+
+        let sandbox = Sandbox::new(&SandboxConfig { code_dir: data.code(), slots: 1 })?;
+        let guest = sandbox.load(&source)?;
+        let limits = Limits {
+            deadline: Duration::from_secs(self.timeout),
+            memory_bytes: (self.memory as usize) << 20,
+            ..Limits::default()
+        };
+        let dispatch = Dispatch::new("cli", self.kind, prompt, self.session);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::Internal(anyhow::Error::from(e).context("starting the runtime")))?;
+        let outcome =
+            runtime.block_on(invoke::dispatch(&sandbox, &guest, dispatch, workspace.path(), limits))?;
+        tracing::debug!(dispatch = %outcome.dispatch.id, elapsed = ?outcome.elapsed, "dispatch ended");
+
+        let mut stdout = std::io::stdout().lock();
+        let printed = if self.json {
+            let status = match &outcome.result {
+                Ok(()) => serde_json::json!({ "ok": true }),
+                Err(f) => serde_json::json!({ "ok": false, "error": f.to_string() }),
+            };
+            let json = serde_json::json!({
+                "dispatch": outcome.dispatch,
+                "guest": { "origin": guest.origin, "sha256": guest.sha256, "shape": format!("{:?}", guest.shape).to_lowercase() },
+                "status": status,
+                "reply": outcome.reply,
+                "elapsed_ms": outcome.elapsed.as_secs_f64() * 1e3,
+            });
+            writeln!(stdout, "{json}")
+        } else if outcome.result.is_ok() {
+            writeln!(stdout, "{}", outcome.reply.text)
+        } else {
+            Ok(())
+        };
+        // A closed stdout (`cairn run … | head -0`) is the reader's choice.
+        let _ = printed.and_then(|()| stdout.flush());
+        outcome.result.map_err(|failure| Failure::Guest { guest: guest.origin.clone(), failure })
+    }
+
+    fn read_prompt(&self) -> Result<String, Failure> {
+        match self.prompt.as_deref() {
+            None => Ok(String::new()),
+            Some("-") => {
+                let mut prompt = String::new();
+                std::io::stdin()
+                    .take(MAX_STDIN_PROMPT + 1)
+                    .read_to_string(&mut prompt)
+                    .map_err(|e| Failure::Usage(format!("reading the prompt from stdin: {e}")))?;
+                if prompt.len() as u64 > MAX_STDIN_PROMPT {
+                    return Err(Failure::Usage(format!(
+                        "the prompt on stdin is larger than {} MiB",
+                        MAX_STDIN_PROMPT >> 20
+                    )));
+                }
+                Ok(prompt)
+            }
+            Some(text) => Ok(text.to_string()),
+        }
+    }
+}
+
+/// The directory a run works on: the one given, checked, or a temporary one
+/// removed when the run ends.
+enum Workspace {
+    Given(PathBuf),
+    Temporary(tempfile::TempDir),
+}
+
+impl Workspace {
+    fn open(given: Option<&std::path::Path>) -> Result<Self, Failure> {
+        let Some(dir) = given else {
+            let tmp = tempfile::Builder::new()
+                .prefix("cairn-workspace-")
+                .tempdir()
+                .map_err(|e| Failure::Internal(anyhow::Error::from(e).context("creating a temporary workspace")))?;
+            return Ok(Workspace::Temporary(tmp));
+        };
+        let bad = |why: String| Failure::Usage(format!("workspace {}: {why}", dir.display()));
+        let meta = std::fs::metadata(dir).map_err(|e| bad(io_reason(&e)))?;
+        if !meta.is_dir() {
+            return Err(bad("not a directory".into()));
+        }
+        std::fs::read_dir(dir).map_err(|e| bad(format!("cannot be read ({})", io_reason(&e))))?;
+        let dir = dir.canonicalize().map_err(|e| bad(io_reason(&e)))?;
+        Ok(Workspace::Given(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Workspace::Given(p) => p,
+            Workspace::Temporary(t) => t.path(),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The failures a command reports, and the exit code of each. A user's
+//! script branches on the code; the message says the rest on one line.
+
+use crate::sandbox::{GuestFailure, LoadError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Bad arguments, or a workspace that cannot be used: nothing ran.
+    #[error("{0}")]
+    Usage(String),
+    /// The guest could not be loaded: nothing ran.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The guest ran and failed.
+    #[error("{guest}: {failure}")]
+    Guest { guest: String, failure: GuestFailure },
+    /// cairn itself failed.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Exit codes of `cairn run`, documented in the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const INTERNAL: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const LOAD: u8 = 3;
+    pub const TRAP: u8 = 4;
+    pub const GUEST_EXIT: u8 = 5;
+    pub const DEADLINE: u8 = 6;
+    pub const MEMORY: u8 = 7;
+    pub const OUTPUT: u8 = 8;
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => exit::USAGE,
+            Failure::Load(_) => exit::LOAD,
+            Failure::Internal(_) => exit::INTERNAL,
+            Failure::Guest { failure, .. } => match failure {
+                GuestFailure::Trap(_) | GuestFailure::Fault(_) => exit::TRAP,
+                GuestFailure::Exit(_) => exit::GUEST_EXIT,
+                GuestFailure::Deadline(_) => exit::DEADLINE,
+                GuestFailure::MemoryCap(_) => exit::MEMORY,
+                GuestFailure::OutputCap { .. } => exit::OUTPUT,
+            },
+        }
+    }
+
+    /// The message on one line, as `cairn: <message>` prints it.
+    pub fn one_line(&self) -> String {
+        let text = match self {
+            Failure::Internal(e) => format!("{e:#}"),
+            other => other.to_string(),
+        };
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    }
+}

@@ -1,0 +1,24 @@
+//! cairn runs persistent, self-directed AI agents on a repository, each
+//! backend agent a WASI guest inside the one process.
+//!
+//! # Layout
+//! - [`commands`]: the command line, one file per subcommand.
+//! - [`sandbox`]: the wasmtime engine, guest loading and the compiled-code
+//!   cache, one run of a guest under its limits. The only module that
+//!   touches wasmtime.
+//! - [`dispatch`]: the guest contract from the host's side: the dispatch on
+//!   stdin, the environment, the events and reply on stdout.
+//! - [`invoke`]: runs one dispatch on one guest (contract + sandbox).
+//! - [`guest_ref`]: what a guest reference names (file, bundled, image).
+//! - [`data_dir`]: where cairn's state lives, outside every workspace.
+//! - [`error`]: failures and their exit codes.
+//! - [`logging`]: `tracing` set up from `-v` and `RUST_LOG`.
+
+pub mod commands;
+pub mod data_dir;
+pub mod dispatch;
+pub mod error;
+pub mod guest_ref;
+pub mod invoke;
+pub mod logging;
+pub mod sandbox;

@@ -1,0 +1,45 @@
+//! The `cairn` binary: parse the command line, run the command, turn its
+//! failure into one line on stderr and an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cairn::commands::{Cli, Command};
+use cairn::error::exit;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    cairn::logging::init(cli.global.verbose);
+    let result = match cli.command {
+        Command::Run(cmd) => cmd.execute(&cli.global),
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(failure) => {
+            eprintln!("cairn: {}", failure.one_line());
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// Help and version print as clap renders them; a real mistake is one line.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return ExitCode::from(exit::OK);
+    }
+    let rendered = e.render().to_string();
+    let line = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid arguments");
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    eprintln!("cairn: {line} (see `cairn --help`)");
+    ExitCode::from(exit::USAGE)
+}
