@@ -11,7 +11,9 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 fn cairn(data: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.env("CAIRN_DATA_DIR", data).env_remove("RUST_LOG").args(["run", "echo", "hello"]);
+    cmd.env("CAIRN_DATA_DIR", data)
+        .env_remove("RUST_LOG")
+        .args(["run", "echo", "hello"]);
     cmd
 }
 

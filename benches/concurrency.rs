@@ -27,7 +27,12 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn run_all(rt: &tokio::runtime::Runtime, sandbox: &Arc<Sandbox>, guest: &Arc<Guest>, ws: &Path) -> f64 {
+fn run_all(
+    rt: &tokio::runtime::Runtime,
+    sandbox: &Arc<Sandbox>,
+    guest: &Arc<Guest>,
+    ws: &Path,
+) -> f64 {
     let started = Instant::now();
     rt.block_on(async {
         let tasks: Vec<_> = (0..N)
@@ -35,7 +40,9 @@ fn run_all(rt: &tokio::runtime::Runtime, sandbox: &Arc<Sandbox>, guest: &Arc<Gue
                 let (sandbox, guest, ws) = (sandbox.clone(), guest.clone(), ws.to_path_buf());
                 tokio::spawn(async move {
                     let d = Dispatch::new("bench", Kind::a2a(), format!("n{i}"), None);
-                    invoke::dispatch(&sandbox, &guest, d, &ws, Limits::default()).await.unwrap()
+                    invoke::dispatch(&sandbox, &guest, d, &ws, Limits::default())
+                        .await
+                        .unwrap()
                 })
             })
             .collect();
@@ -52,13 +59,30 @@ fn main() {
     }
     let data = tempfile::tempdir().unwrap();
     let ws = tempfile::tempdir().unwrap();
-    let sandbox = Arc::new(Sandbox::new(&SandboxConfig { code_dir: data.path().join("code"), slots: N as u32 }).unwrap());
-    let echo = sandbox.load(&GuestRef::parse("echo").unwrap().source().unwrap()).unwrap();
-    let sleep_wat = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("wat/sleep.wat")).unwrap();
-    let sleep = sandbox
-        .load(&GuestSource { name: "sleep".into(), origin: "wat/sleep.wat".into(), bytes: sleep_wat.into(), path: None })
+    let sandbox = Arc::new(
+        Sandbox::new(&SandboxConfig {
+            code_dir: data.path().join("code"),
+            slots: N as u32,
+        })
+        .unwrap(),
+    );
+    let echo = sandbox
+        .load(&GuestRef::parse("echo").unwrap().source().unwrap())
         .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let sleep_wat =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("wat/sleep.wat")).unwrap();
+    let sleep = sandbox
+        .load(&GuestSource {
+            name: "sleep".into(),
+            origin: "wat/sleep.wat".into(),
+            bytes: sleep_wat.into(),
+            path: None,
+        })
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     // Warm up: every pool slot touched once, as in a long-running daemon.
     run_all(&rt, &sandbox, &echo, ws.path());
@@ -73,14 +97,20 @@ fn main() {
     let sleep_secs = run_all(&rt, &sandbox, &sleep, ws.path());
     let sleep_peak = status_kib("VmHWM:");
 
-    println!("{N} echo dispatches at once: {:.1} ms wall, all succeeded", echo_secs * 1e3);
+    println!(
+        "{N} echo dispatches at once: {:.1} ms wall, all succeeded",
+        echo_secs * 1e3
+    );
     println!(
         "  peak RSS {} KiB over {} KiB before: {:.1} KiB per dispatch",
         echo_peak,
         rss_before,
         (echo_peak.saturating_sub(rss_before)) as f64 / N as f64
     );
-    println!("{N} sleep guests alive at once (200 ms each): {:.1} ms wall", sleep_secs * 1e3);
+    println!(
+        "{N} sleep guests alive at once (200 ms each): {:.1} ms wall",
+        sleep_secs * 1e3
+    );
     println!(
         "  peak RSS {} KiB over {} KiB before: {:.1} KiB per concurrent guest",
         sleep_peak,

@@ -19,9 +19,18 @@ use criterion::{Criterion, criterion_group, criterion_main};
 fn echo(c: &mut Criterion) {
     let data = tempfile::tempdir().unwrap();
     let ws = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::new(&SandboxConfig { code_dir: data.path().join("code"), slots: 64 }).unwrap();
-    let guest = sandbox.load(&GuestRef::parse("echo").unwrap().source().unwrap()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sandbox = Sandbox::new(&SandboxConfig {
+        code_dir: data.path().join("code"),
+        slots: 64,
+    })
+    .unwrap();
+    let guest = sandbox
+        .load(&GuestRef::parse("echo").unwrap().source().unwrap())
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dispatch = Dispatch::new("bench", Kind::a2a(), "hello".into(), None);
     let stdin = dispatch.to_stdin();
 
@@ -30,7 +39,13 @@ fn echo(c: &mut Criterion) {
     group.bench_function("cairn dispatch (in process)", |b| {
         b.iter(|| {
             let outcome = rt
-                .block_on(invoke::dispatch(&sandbox, &guest, dispatch.clone(), ws.path(), Limits::default()))
+                .block_on(invoke::dispatch(
+                    &sandbox,
+                    &guest,
+                    dispatch.clone(),
+                    ws.path(),
+                    Limits::default(),
+                ))
                 .unwrap();
             assert_eq!(outcome.reply.text, "echo (a2a): hello");
         })
@@ -39,21 +54,28 @@ fn echo(c: &mut Criterion) {
     // The floor: wasmtime alone, pooled, instantiating a module that imports
     // nothing and calling its `_start`, no WASI context and no output.
     {
-        use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, Store};
+        use wasmtime::{
+            Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
+            Store,
+        };
         let mut config = Config::new();
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(PoolingAllocationConfig::new()));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(
+            PoolingAllocationConfig::new(),
+        ));
         let engine = Engine::new(&config).unwrap();
-        let module = Module::new(
-            &engine,
+        let wasm = wat::parse_str(
             r#"(module (memory (export "memory") 1) (func (export "_start") (i32.store (i32.const 0) (i32.const 42))))"#,
         )
         .unwrap();
+        let module = Module::new(&engine, wasm).unwrap();
         let pre = Linker::<()>::new(&engine).instantiate_pre(&module).unwrap();
         group.bench_function("bare wasmtime instantiate+call (baseline)", |b| {
             b.iter(|| {
                 let mut store = Store::new(&engine, ());
                 let instance = pre.instantiate(&mut store).unwrap();
-                let start = instance.get_typed_func::<(), ()>(&mut store, "_start").unwrap();
+                let start = instance
+                    .get_typed_func::<(), ()>(&mut store, "_start")
+                    .unwrap();
                 start.call(&mut store, ()).unwrap();
             })
         });

@@ -90,11 +90,14 @@ impl std::str::FromStr for Kind {
         let valid_name = |n: &str| {
             n.len() <= 64
                 && n.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         };
         match s.split_once(':') {
             None if s == "a2a" || s == "heartbeat" => Ok(Kind(s.into())),
-            Some((prefix, name)) if NAMED_KINDS.contains(&prefix) && valid_name(name) => Ok(Kind(s.into())),
+            Some((prefix, name)) if NAMED_KINDS.contains(&prefix) && valid_name(name) => {
+                Ok(Kind(s.into()))
+            }
             _ => Err(format!(
                 "unknown dispatch kind `{s}`: expected a2a, heartbeat, or job:, task:, trigger:, continuation: \
                  followed by a name of lowercase letters, digits, `-` and `_`"
@@ -192,8 +195,21 @@ mod tests {
     fn the_wire_order_is_the_documented_one() {
         let d = Dispatch::new("cli", Kind::a2a(), "hi \"you\"".into(), Some("s1".into()));
         let line = String::from_utf8(d.to_stdin()).unwrap();
-        let keys = ["contract", "id", "agent", "kind", "session", "prompt", "model", "max_tokens", "metadata"];
-        let positions: Vec<usize> = keys.iter().map(|k| line.find(&format!("\"{k}\":")).unwrap()).collect();
+        let keys = [
+            "contract",
+            "id",
+            "agent",
+            "kind",
+            "session",
+            "prompt",
+            "model",
+            "max_tokens",
+            "metadata",
+        ];
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| line.find(&format!("\"{k}\":")).unwrap())
+            .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
         assert!(line.ends_with("}\n") && !line[..line.len() - 1].contains('\n'));
     }
@@ -217,10 +233,24 @@ mod tests {
 
     #[test]
     fn kinds_are_checked() {
-        for ok in ["a2a", "heartbeat", "job:nightly", "task:triage-1", "continuation:x_y"] {
+        for ok in [
+            "a2a",
+            "heartbeat",
+            "job:nightly",
+            "task:triage-1",
+            "continuation:x_y",
+        ] {
             assert!(ok.parse::<Kind>().is_ok(), "{ok}");
         }
-        for bad in ["", "job", "job:", "jobs:x", "job:Upper", "a2a:x", "trigger:-x"] {
+        for bad in [
+            "",
+            "job",
+            "job:",
+            "jobs:x",
+            "job:Upper",
+            "a2a:x",
+            "trigger:-x",
+        ] {
             assert!(bad.parse::<Kind>().is_err(), "{bad}");
         }
     }

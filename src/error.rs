@@ -13,7 +13,10 @@ pub enum Failure {
     Load(#[from] LoadError),
     /// The guest ran and failed.
     #[error("{guest}: {failure}")]
-    Guest { guest: String, failure: GuestFailure },
+    Guest {
+        guest: String,
+        failure: GuestFailure,
+    },
     /// cairn itself failed.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -54,6 +57,10 @@ impl Failure {
             Failure::Internal(e) => format!("{e:#}"),
             other => other.to_string(),
         };
-        text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }

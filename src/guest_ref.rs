@@ -40,10 +40,8 @@ impl GuestRef {
         let path = Path::new(s);
         let has_wasm_ext = path.extension().is_some_and(|e| e == "wasm" || e == "wat");
         let bare = !s.contains('/') && !has_wasm_ext;
-        if bare {
-            if let Some(b) = BUNDLED.iter().find(|b| b.name == s) {
-                return Ok(GuestRef::Bundled(b.name));
-            }
+        if bare && let Some(b) = BUNDLED.iter().find(|b| b.name == s) {
+            return Ok(GuestRef::Bundled(b.name));
         }
         if has_wasm_ext || path.exists() || s.starts_with('.') || s.starts_with('/') {
             return Ok(GuestRef::File(path.to_path_buf()));
@@ -62,7 +60,10 @@ impl GuestRef {
     pub fn source(&self) -> Result<GuestSource<'_>, String> {
         match self {
             GuestRef::Bundled(name) => {
-                let b = BUNDLED.iter().find(|b| b.name == *name).ok_or("unknown bundled guest")?;
+                let b = BUNDLED
+                    .iter()
+                    .find(|b| b.name == *name)
+                    .ok_or("unknown bundled guest")?;
                 Ok(GuestSource {
                     name: b.name.to_string(),
                     origin: format!("bundled guest {}", b.name),
@@ -71,7 +72,8 @@ impl GuestRef {
                 })
             }
             GuestRef::File(path) => {
-                let bytes = std::fs::read(path).map_err(|e| format!("{}: {}", path.display(), io_reason(&e)))?;
+                let bytes = std::fs::read(path)
+                    .map_err(|e| format!("{}: {}", path.display(), io_reason(&e)))?;
                 let name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
                 Ok(GuestSource {
                     name: name.unwrap_or_else(|| "guest".into()),
@@ -114,13 +116,23 @@ mod tests {
     #[test]
     fn references_resolve_by_their_shape() {
         assert_eq!(GuestRef::parse("echo"), Ok(GuestRef::Bundled("echo")));
-        assert_eq!(GuestRef::parse("x/y.wat"), Ok(GuestRef::File("x/y.wat".into())));
-        assert_eq!(GuestRef::parse("./echo"), Ok(GuestRef::File("./echo".into())));
+        assert_eq!(
+            GuestRef::parse("x/y.wat"),
+            Ok(GuestRef::File("x/y.wat".into()))
+        );
+        assert_eq!(
+            GuestRef::parse("./echo"),
+            Ok(GuestRef::File("./echo".into()))
+        );
         assert_eq!(
             GuestRef::parse("ghcr.io/acme/coder:1"),
             Ok(GuestRef::Image("ghcr.io/acme/coder:1".into()))
         );
-        assert!(GuestRef::parse("nosuchguest").unwrap_err().contains("bundled guest (echo)"));
+        assert!(
+            GuestRef::parse("nosuchguest")
+                .unwrap_err()
+                .contains("bundled guest (echo)")
+        );
         assert!(GuestRef::parse("").is_err());
     }
 }

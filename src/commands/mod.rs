@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 pub mod run;
 
 #[derive(Parser)]
-#[command(name = "cairn", version, about = "Persistent, self-directed AI agents on a repository, each in a WebAssembly sandbox")]
+#[command(
+    name = "cairn",
+    version,
+    about = "Persistent, self-directed AI agents on a repository, each in a WebAssembly sandbox"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

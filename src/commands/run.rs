@@ -14,15 +14,17 @@ use crate::dispatch::{Dispatch, Kind};
 use crate::error::Failure;
 use crate::guest_ref::{GuestRef, io_reason};
 use crate::invoke;
-use crate::sandbox::{Limits, Sandbox, SandboxConfig};
+use crate::sandbox::{DefaultLimits, Limits, Sandbox, SandboxConfig};
 
 /// The largest prompt read from stdin with `-`.
 const MAX_STDIN_PROMPT: u64 = 16 << 20;
 
 #[derive(clap::Args)]
-#[command(after_help = "Exit codes: 0 success, 1 internal error, 2 bad arguments or workspace, \
+#[command(
+    after_help = "Exit codes: 0 success, 1 internal error, 2 bad arguments or workspace, \
 3 guest could not be loaded, 4 guest trapped, 5 guest exited non-zero, 6 deadline exceeded, \
-7 memory cap exceeded, 8 output cap exceeded")]
+7 memory cap exceeded, 8 output cap exceeded"
+)]
 pub struct RunCommand {
     /// The guest: a .wasm or .wat file, or a bundled guest's name (echo)
     pub guest: String,
@@ -32,10 +34,10 @@ pub struct RunCommand {
     #[arg(long, short, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// Wall-clock deadline of the dispatch, in seconds
-    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = value_parser!(u64).range(1..=86_400))]
+    #[arg(long, value_name = "SECS", default_value_t = DefaultLimits::bundled().timeout_secs, value_parser = value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
     /// Cap on the guest's linear memory, in MiB
-    #[arg(long, value_name = "MIB", default_value_t = 512, value_parser = value_parser!(u64).range(1..=4096))]
+    #[arg(long, value_name = "MIB", default_value_t = DefaultLimits::bundled().memory_mib, value_parser = value_parser!(u64).range(1..=4096))]
     pub memory: u64,
     /// Why the dispatch happens: a2a, heartbeat, job:NAME, task:NAME, trigger:NAME, continuation:NAME
     #[arg(long, default_value = "a2a")]
@@ -53,12 +55,16 @@ impl RunCommand {
         // Everything a user can get wrong is checked before a guest is loaded.
         let workspace = Workspace::open(self.workspace.as_deref())?;
         let data = DataDir::resolve(global.data_dir.as_deref())?;
-        data.check_outside(workspace.path()).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+        data.check_outside(workspace.path())
+            .map_err(|e| Failure::Usage(format!("{e:#}")))?;
         let prompt = self.read_prompt()?;
         let guest_ref = GuestRef::parse(&self.guest).map_err(Failure::Usage)?;
         let source = guest_ref.source().map_err(Failure::Usage)?;
 
-        let sandbox = Sandbox::new(&SandboxConfig { code_dir: data.code(), slots: 1 })?;
+        let sandbox = Sandbox::new(&SandboxConfig {
+            code_dir: data.code(),
+            slots: 1,
+        })?;
         let guest = sandbox.load(&source)?;
         let limits = Limits {
             deadline: Duration::from_secs(self.timeout),
@@ -69,9 +75,16 @@ impl RunCommand {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Failure::Internal(anyhow::Error::from(e).context("starting the runtime")))?;
-        let outcome =
-            runtime.block_on(invoke::dispatch(&sandbox, &guest, dispatch, workspace.path(), limits))?;
+            .map_err(|e| {
+                Failure::Internal(anyhow::Error::from(e).context("starting the runtime"))
+            })?;
+        let outcome = runtime.block_on(invoke::dispatch(
+            &sandbox,
+            &guest,
+            dispatch,
+            workspace.path(),
+            limits,
+        ))?;
         tracing::debug!(dispatch = %outcome.dispatch.id, elapsed = ?outcome.elapsed, "dispatch ended");
 
         let mut stdout = std::io::stdout().lock();
@@ -95,7 +108,10 @@ impl RunCommand {
         };
         // A closed stdout (`cairn run … | head -0`) is the reader's choice.
         let _ = printed.and_then(|()| stdout.flush());
-        outcome.result.map_err(|failure| Failure::Guest { guest: guest.origin.clone(), failure })
+        outcome.result.map_err(|failure| Failure::Guest {
+            guest: guest.origin.clone(),
+            failure,
+        })
     }
 
     fn read_prompt(&self) -> Result<String, Failure> {
@@ -133,7 +149,11 @@ impl Workspace {
             let tmp = tempfile::Builder::new()
                 .prefix("cairn-workspace-")
                 .tempdir()
-                .map_err(|e| Failure::Internal(anyhow::Error::from(e).context("creating a temporary workspace")))?;
+                .map_err(|e| {
+                    Failure::Internal(
+                        anyhow::Error::from(e).context("creating a temporary workspace"),
+                    )
+                })?;
             return Ok(Workspace::Temporary(tmp));
         };
         let bad = |why: String| Failure::Usage(format!("workspace {}: {why}", dir.display()));

@@ -34,7 +34,9 @@ impl CodeCache {
     /// `root` is the data directory's `code/`; entries go under a directory
     /// named after the engine, so an upgraded cairn never reads old code.
     pub fn new(root: &Path, engine_fingerprint: &str) -> Self {
-        Self { dir: root.join(engine_fingerprint) }
+        Self {
+            dir: root.join(engine_fingerprint),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -102,7 +104,11 @@ fn verify(bytes: &[u8]) -> bool {
 
 /// A uniquely named file next to its final place, so the rename is atomic.
 fn tempfile_in(dir: &Path) -> Result<(PathBuf, fs::File)> {
-    let name = format!(".tmp-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+    let name = format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
     let path = dir.join(name);
     let file = fs::OpenOptions::new()
         .write(true)

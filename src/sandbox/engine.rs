@@ -111,7 +111,10 @@ impl EpochTicker {
                 }
             })
             .context("starting the epoch ticker thread")?;
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

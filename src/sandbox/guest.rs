@@ -58,7 +58,10 @@ const COMPONENT_VERSION: [u8; 4] = [0x0d, 0, 1, 0];
 
 impl Sandbox {
     pub(super) fn prepare(&self, src: &GuestSource<'_>) -> Result<Guest, LoadError> {
-        let fail = |reason: String| LoadError { origin: src.origin.clone(), reason };
+        let fail = |reason: String| LoadError {
+            origin: src.origin.clone(),
+            reason,
+        };
         let binary = to_binary(src).map_err(fail)?;
         let shape = shape_of(&binary).map_err(fail)?;
         let sha256 = hex(&Sha256::digest(&binary));
@@ -75,7 +78,10 @@ impl Sandbox {
             Shape::Component => {
                 let component: Component = self.compiled(&sha256, &binary, shape).map_err(fail)?;
                 let pre = self.p2_linker.instantiate_pre(&component).map_err(|e| {
-                    fail(format!("imports what WASI 0.2 does not provide: {}", one_line(&e.into())))
+                    fail(format!(
+                        "imports what WASI 0.2 does not provide: {}",
+                        one_line(&e.into())
+                    ))
                 })?;
                 let pre = CommandPre::new(pre).map_err(|e| {
                     fail(format!(
@@ -86,12 +92,23 @@ impl Sandbox {
                 Pre::P2(pre)
             }
         };
-        Ok(Guest { name: src.name.clone(), origin: src.origin.clone(), sha256, shape, pre })
+        Ok(Guest {
+            name: src.name.clone(),
+            origin: src.origin.clone(),
+            sha256,
+            shape,
+            pre,
+        })
     }
 
     /// The compiled code for `binary`, from the disk cache when it holds a
     /// sound entry, else compiled now and stored for the next run.
-    fn compiled<C: Compiled>(&self, sha256: &str, binary: &[u8], shape: Shape) -> Result<C, String> {
+    fn compiled<C: Compiled>(
+        &self,
+        sha256: &str,
+        binary: &[u8],
+        shape: Shape,
+    ) -> Result<C, String> {
         let cache: &CodeCache = &self.code_cache;
         match cache.get(sha256) {
             Lookup::Hit(code) => match C::deserialize(&self.engine, &code) {
@@ -109,7 +126,10 @@ impl Sandbox {
                 }
             },
             Lookup::Corrupt(path) => {
-                tracing::warn!("compiled-code cache entry {} is corrupt; recompiling", path.display())
+                tracing::warn!(
+                    "compiled-code cache entry {} is corrupt; recompiling",
+                    path.display()
+                )
             }
             Lookup::Miss => {}
         }
@@ -178,7 +198,9 @@ fn to_binary(src: &GuestSource<'_>) -> Result<Vec<u8>, String> {
     if bytes.starts_with(MAGIC) {
         return Ok(bytes.to_vec());
     }
-    let is_wat_file = src.path.is_some_and(|p| p.extension().is_some_and(|e| e == "wat"));
+    let is_wat_file = src
+        .path
+        .is_some_and(|p| p.extension().is_some_and(|e| e == "wat"));
     let text = std::str::from_utf8(bytes).ok();
     let looks_like_wat = text.is_some_and(|t| {
         let t = t.trim_start();
@@ -236,24 +258,33 @@ fn shape_of(binary: &[u8]) -> Result<Shape, String> {
 /// A command module is entered at `_start`, which takes and returns nothing.
 fn check_command_module(module: &Module) -> Result<(), String> {
     match module.get_export("_start") {
-        Some(wasmtime::ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => {
+        Some(wasmtime::ExternType::Func(ty))
+            if ty.params().len() == 0 && ty.results().len() == 0 =>
+        {
             Ok(())
         }
         Some(_) => Err("not a WASI command: `_start` is not a function of no arguments".into()),
-        None => Err("not a WASI command: the module has no `_start` export (a reactor or a library?)"
-            .into()),
+        None => Err(
+            "not a WASI command: the module has no `_start` export (a reactor or a library?)"
+                .into(),
+        ),
     }
 }
 
 pub(super) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// An error chain on one line, as cairn prints every error.
 pub(super) fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ")
+    format!("{e:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -25,7 +25,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 
 pub use engine::{EPOCH_TICK, MAX_MEMORY_BYTES};
 pub use guest::{Guest, GuestSource, Shape};
-pub use run::{Finished, Invocation, Limits};
+pub use run::{DefaultLimits, Finished, Invocation, Limits};
 
 use code_cache::CodeCache;
 use state::{P2Ctx, State};
@@ -90,9 +90,11 @@ impl Sandbox {
         let ticker = engine::EpochTicker::start(&engine)?;
 
         let mut p1_linker = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |s: &mut State<WasiP1Ctx>| &mut s.wasi)
-            .map_err(anyhow::Error::from)
-            .context("linking WASI preview 1")?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |s: &mut State<WasiP1Ctx>| {
+            &mut s.wasi
+        })
+        .map_err(anyhow::Error::from)
+        .context("linking WASI preview 1")?;
         let mut p2_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
             .map_err(anyhow::Error::from)

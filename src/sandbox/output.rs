@@ -85,7 +85,10 @@ impl Capture {
 
 impl Buffer {
     fn cap_error(&self) -> StreamError {
-        StreamError::trap(&format!("{} exceeded its cap of {} bytes", self.name, self.cap))
+        StreamError::trap(&format!(
+            "{} exceeded its cap of {} bytes",
+            self.name, self.cap
+        ))
     }
 
     fn log_lines(&mut self, flush_partial: bool) {
@@ -150,7 +153,11 @@ impl OutputStream for Capture {
 }
 
 impl AsyncWrite for Capture {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Poll::Ready(
             self.append(buf)
                 .map_err(|_| std::io::Error::other("output cap exceeded")),

@@ -28,13 +28,41 @@ pub struct Limits {
     pub stderr_bytes: usize,
 }
 
+/// The bundled defaults, `config/sandbox.toml`, as written in the binary.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultLimits {
+    pub timeout_secs: u64,
+    pub memory_mib: u64,
+    pub stdout_bytes: usize,
+    pub stderr_bytes: usize,
+}
+
+impl DefaultLimits {
+    pub fn bundled() -> &'static DefaultLimits {
+        #[derive(serde::Deserialize)]
+        struct File {
+            limits: DefaultLimits,
+        }
+        static PARSED: std::sync::OnceLock<DefaultLimits> = std::sync::OnceLock::new();
+        PARSED.get_or_init(|| {
+            let text = include_str!("../../config/sandbox.toml");
+            // Checked by a unit test: the bundled file is part of the build.
+            toml::from_str::<File>(text)
+                .expect("config/sandbox.toml is valid")
+                .limits
+        })
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
+        let d = DefaultLimits::bundled();
         Self {
-            deadline: Duration::from_secs(300),
-            memory_bytes: 512 << 20,
-            stdout_bytes: 16 << 20,
-            stderr_bytes: 1 << 20,
+            deadline: Duration::from_secs(d.timeout_secs),
+            memory_bytes: (d.memory_mib as usize) << 20,
+            stdout_bytes: d.stdout_bytes,
+            stderr_bytes: d.stderr_bytes,
         }
     }
 }
@@ -63,7 +91,11 @@ impl Sandbox {
     /// workspace could not be opened, the engine refused an instance); what
     /// the guest itself did is in [`Finished::outcome`].
     pub async fn run(&self, guest: &Guest, inv: Invocation) -> Result<Finished> {
-        let _slot = self.slots.acquire().await.context("the sandbox is shutting down")?;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .context("the sandbox is shutting down")?;
         let started = Instant::now();
         let stdout = Capture::new("stdout", inv.limits.stdout_bytes, None);
         let stderr = Capture::new("stderr", inv.limits.stderr_bytes, Some(inv.log_tag.clone()));
@@ -97,7 +129,10 @@ impl Sandbox {
                 (result, store.data().limiter.hit, store.data().deadline_hit)
             }
             Pre::P2(pre) => {
-                let ctx = P2Ctx { ctx: wasi.build(), table: ResourceTable::new() };
+                let ctx = P2Ctx {
+                    ctx: wasi.build(),
+                    table: ResourceTable::new(),
+                };
                 let mut store = self.store(ctx, memory, deadline);
                 let run = async {
                     let command = pre.instantiate_async(&mut store).await?;
@@ -111,7 +146,14 @@ impl Sandbox {
             }
         };
         let (result, memory_hit, deadline_hit) = result;
-        let outcome = classify(result, &inv.limits, &stdout, &stderr, memory_hit, deadline_hit);
+        let outcome = classify(
+            result,
+            &inv.limits,
+            &stdout,
+            &stderr,
+            memory_hit,
+            deadline_hit,
+        );
         Ok(Finished {
             outcome,
             stdout: stdout.finish(),
@@ -120,8 +162,20 @@ impl Sandbox {
         })
     }
 
-    fn store<W: Send + 'static>(&self, wasi: W, memory: MemoryCap, deadline: Instant) -> Store<State<W>> {
-        let mut store = Store::new(&self.engine, State { wasi, limiter: memory, deadline_hit: false });
+    fn store<W: Send + 'static>(
+        &self,
+        wasi: W,
+        memory: MemoryCap,
+        deadline: Instant,
+    ) -> Store<State<W>> {
+        let mut store = Store::new(
+            &self.engine,
+            State {
+                wasi,
+                limiter: memory,
+                deadline_hit: false,
+            },
+        );
         store.limiter(|s| &mut s.limiter);
         // Checked once per epoch tick: stop at the deadline, otherwise yield
         // so a computing guest shares its thread with the others.
@@ -176,7 +230,10 @@ fn classify(
     if memory_hit {
         return Err(GuestFailure::MemoryCap(limits.memory_bytes));
     }
-    for (capture, name, cap) in [(stdout, "stdout", limits.stdout_bytes), (stderr, "stderr", limits.stderr_bytes)] {
+    for (capture, name, cap) in [
+        (stdout, "stdout", limits.stdout_bytes),
+        (stderr, "stderr", limits.stderr_bytes),
+    ] {
         if capture.exceeded() {
             return Err(GuestFailure::OutputCap { stream: name, cap });
         }
@@ -191,4 +248,17 @@ fn classify(
         return Err(GuestFailure::Trap(trap.to_string()));
     }
     Err(GuestFailure::Fault(one_line(&error.into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_defaults_parse_and_are_in_range() {
+        let d = DefaultLimits::bundled();
+        assert!((1..=86_400).contains(&d.timeout_secs));
+        assert!((1..=4096).contains(&d.memory_mib));
+        assert!(d.stdout_bytes > 0 && d.stderr_bytes > 0);
+    }
 }

@@ -20,7 +20,10 @@ pub struct P2Ctx {
 
 impl WasiView for State<P2Ctx> {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi.ctx, table: &mut self.wasi.table }
+        WasiCtxView {
+            ctx: &mut self.wasi.ctx,
+            table: &mut self.wasi.table,
+        }
     }
 }
 
@@ -38,7 +41,11 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl MemoryCap {
     pub fn new(cap: usize) -> Self {
-        Self { cap, used: 0, hit: false }
+        Self {
+            cap,
+            used: 0,
+            hit: false,
+        }
     }
 }
 

@@ -23,12 +23,20 @@ fn a_guest_is_compiled_once_and_then_loaded_from_the_cache() {
     let env = Env::new();
     let first = env.run("echo", &["one", "-vv"]);
     assert!(first.status.success(), "{}", stderr(&first));
-    assert!(!stderr(&first).contains("from the cache"), "{}", stderr(&first));
+    assert!(
+        !stderr(&first).contains("from the cache"),
+        "{}",
+        stderr(&first)
+    );
     assert_eq!(cache_entries(&env).len(), 1);
 
     let second = env.run("echo", &["two", "-vv"]);
     assert!(second.status.success());
-    assert!(stderr(&second).contains("compiled code from the cache"), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("compiled code from the cache"),
+        "{}",
+        stderr(&second)
+    );
     assert_eq!(stdout(&second), "echo (a2a): two\n");
 }
 
@@ -48,12 +56,20 @@ fn a_corrupt_cache_entry_is_detected_and_rebuilt() {
     let out = env.run("echo", &["after corruption"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "echo (a2a): after corruption\n");
-    assert!(stderr(&out).contains("is corrupt; recompiling"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is corrupt; recompiling"),
+        "{}",
+        stderr(&out)
+    );
     let rebuilt = fs::read(&entry).unwrap();
     assert_ne!(rebuilt, bytes, "the entry was rewritten");
 
     let again = env.run("echo", &["clean", "-vv"]);
-    assert!(stderr(&again).contains("compiled code from the cache"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("compiled code from the cache"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
@@ -65,5 +81,9 @@ fn a_truncated_cache_entry_is_detected_and_rebuilt() {
     fs::write(&entry, &bytes[..100]).unwrap();
     let out = env.run("echo", &["after truncation"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is corrupt; recompiling"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is corrupt; recompiling"),
+        "{}",
+        stderr(&out)
+    );
 }

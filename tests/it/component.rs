@@ -13,7 +13,13 @@ fn echo_rs() -> &'static PathBuf {
         let target_dir = repo().join("target/guests");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(repo().join("guests/echo-rs/Cargo.toml"))
             .env("CARGO_TARGET_DIR", &target_dir)
             .output()
@@ -32,7 +38,10 @@ fn a_rust_component_reads_the_dispatch_and_replies() {
     let env = Env::new();
     std::fs::write(env.ws("one"), "1").unwrap();
     std::fs::write(env.ws("two"), "2").unwrap();
-    let out = env.run(echo_rs(), &["hello component", "--kind", "task:daily", "--json", "-v"]);
+    let out = env.run(
+        echo_rs(),
+        &["hello component", "--kind", "task:daily", "--json", "-v"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["guest"]["shape"], "component");
@@ -42,7 +51,11 @@ fn a_rust_component_reads_the_dispatch_and_replies() {
     assert_eq!(last["data"]["workspace_entries"], 2);
     assert_eq!(events[0]["type"], "progress");
     let id = v["dispatch"]["id"].as_str().unwrap();
-    assert!(stderr(&out).contains(&format!("echo-rs: dispatch {id}")), "stderr reaches the log: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("echo-rs: dispatch {id}")),
+        "stderr reaches the log: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -50,7 +63,10 @@ fn a_rust_component_writes_to_the_workspace() {
     let env = Env::new();
     let out = env.run(echo_rs(), &["write from wasip2"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(env.ws("echo-rs.txt")).unwrap(), "from wasip2");
+    assert_eq!(
+        std::fs::read_to_string(env.ws("echo-rs.txt")).unwrap(),
+        "from wasip2"
+    );
 }
 
 #[test]
@@ -67,5 +83,9 @@ fn a_component_is_compiled_once_too() {
     assert!(env.run(echo_rs(), &["a"]).status.success());
     let out = env.run(echo_rs(), &["b", "-vv"]);
     assert!(out.status.success());
-    assert!(stderr(&out).contains("compiled code from the cache"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("compiled code from the cache"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -33,7 +33,11 @@ fn escape_attempts_fail_inside_the_guest_and_host_files_are_untouched() {
     fs::write(parent.path().join("outside.txt"), "parent data\n").unwrap();
     let fenced = Fenced::new();
     symlink(fenced.outside.path(), ws.join("link-out")).unwrap();
-    symlink(fenced.outside.path().join("target.txt"), ws.join("link-file")).unwrap();
+    symlink(
+        fenced.outside.path().join("target.txt"),
+        ws.join("link-file"),
+    )
+    .unwrap();
     let passwd_before = fs::read("/etc/passwd").unwrap();
 
     let out = fenced
@@ -46,12 +50,20 @@ fn escape_attempts_fail_inside_the_guest_and_host_files_are_untouched() {
         .arg("--json")
         .output()
         .unwrap();
-    assert!(out.status.success(), "the guest reports every attempt refused: {}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "the guest reports every attempt refused: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["reply"]["text"], "escape: all refused");
 
     assert_eq!(fenced.outside_file(), "host data\n");
-    assert_eq!(fs::read_to_string(parent.path().join("outside.txt")).unwrap(), "parent data\n");
+    assert_eq!(
+        fs::read_to_string(parent.path().join("outside.txt")).unwrap(),
+        "parent data\n"
+    );
     assert_eq!(fs::read("/etc/passwd").unwrap(), passwd_before);
 }
 
@@ -66,7 +78,15 @@ fn rogue_deletes_the_workspace_and_nothing_else() {
 
     let out = fenced.env.run(wat("rogue.wat"), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(fs::read_dir(ws).unwrap().count(), 0, "the workspace is emptied");
-    assert_eq!(fenced.outside_file(), "host data\n", "the symlink was removed, not followed");
+    assert_eq!(
+        fs::read_dir(ws).unwrap().count(),
+        0,
+        "the workspace is emptied"
+    );
+    assert_eq!(
+        fenced.outside_file(),
+        "host data\n",
+        "the symlink was removed, not followed"
+    );
     assert!(fenced.outside.path().join("target.txt").exists());
 }

@@ -110,7 +110,11 @@ fn a_flood_of_output_is_capped_and_the_cap_reported() {
     let env = Env::new();
     let out = env.run(wat("flood.wat"), &["--timeout", "60", "--json"]);
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
-    assert!(stderr(&out).contains("stdout exceeded its cap of 16777216 bytes"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stdout exceeded its cap of 16777216 bytes"),
+        "{}",
+        stderr(&out)
+    );
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["status"]["ok"], false);
 }
@@ -118,7 +122,11 @@ fn a_flood_of_output_is_capped_and_the_cap_reported() {
 #[test]
 fn a_missing_workspace() {
     let env = Env::new();
-    let out = env.cairn().args(["run", "echo", "--workspace", "/nonexistent/ws"]).output().unwrap();
+    let out = env
+        .cairn()
+        .args(["run", "echo", "--workspace", "/nonexistent/ws"])
+        .output()
+        .unwrap();
     assert_one_line_error(&out, 2, &["workspace /nonexistent/ws", "no such file"]);
 }
 
@@ -126,7 +134,12 @@ fn a_missing_workspace() {
 fn a_workspace_that_is_a_file() {
     let env = Env::new();
     let file = write(&env, "plain-file", b"x");
-    let out = env.cairn().args(["run", "echo", "--workspace"]).arg(&file).output().unwrap();
+    let out = env
+        .cairn()
+        .args(["run", "echo", "--workspace"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_one_line_error(&out, 2, &["plain-file", "not a directory"]);
 }
 
@@ -140,16 +153,23 @@ fn an_unreadable_workspace() {
     // root reads any directory; the check is made as an unprivileged user.
     let out = if unsafe { libc_geteuid() } == 0 {
         fs::set_permissions(env.data.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        // A copy the unprivileged user can reach wherever the checkout is.
+        let binary = env.data.path().join("cairn");
+        fs::copy(env!("CARGO_BIN_EXE_cairn"), &binary).unwrap();
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_cairn"))
+            .arg(&binary)
             .args(["run", "echo", "--workspace"])
             .arg(&ws)
             .env("CAIRN_DATA_DIR", env.data.path().join("nobody-data"))
             .output()
             .unwrap()
     } else {
-        env.cairn().args(["run", "echo", "--workspace"]).arg(&ws).output().unwrap()
+        env.cairn()
+            .args(["run", "echo", "--workspace"])
+            .arg(&ws)
+            .output()
+            .unwrap()
     };
     fs::set_permissions(&ws, fs::Permissions::from_mode(0o755)).unwrap();
     assert_one_line_error(&out, 2, &["locked", "cannot be read", "permission denied"]);
@@ -163,8 +183,18 @@ unsafe extern "C" {
 #[test]
 fn memory_and_timeout_out_of_range_are_refused_before_anything_runs() {
     let env = Env::new();
-    for (flag, value) in [("--memory", "0"), ("--memory", "4097"), ("--timeout", "0"), ("--timeout", "86401"), ("--timeout", "abc")] {
-        let out = env.cairn().args(["run", "echo", flag, value]).output().unwrap();
+    for (flag, value) in [
+        ("--memory", "0"),
+        ("--memory", "4097"),
+        ("--timeout", "0"),
+        ("--timeout", "86401"),
+        ("--timeout", "abc"),
+    ] {
+        let out = env
+            .cairn()
+            .args(["run", "echo", flag, value])
+            .output()
+            .unwrap();
         assert_one_line_error(&out, 2, &[flag, value]);
     }
     // Nothing ran: not even the code cache was created.

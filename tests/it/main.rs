@@ -7,6 +7,7 @@ mod concurrency;
 mod confinement;
 mod faults;
 mod run_cli;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -26,15 +27,25 @@ pub struct Env {
     pub workspace: tempfile::TempDir,
 }
 
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Env {
     pub fn new() -> Self {
-        Self { data: tempfile::tempdir().unwrap(), workspace: tempfile::tempdir().unwrap() }
+        Self {
+            data: tempfile::tempdir().unwrap(),
+            workspace: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// `cairn` with this env's data directory and nothing of the caller's.
     pub fn cairn(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-        cmd.env_remove("RUST_LOG").env("CAIRN_DATA_DIR", self.data.path());
+        cmd.env_remove("RUST_LOG")
+            .env("CAIRN_DATA_DIR", self.data.path());
         cmd
     }
 
@@ -76,5 +87,8 @@ pub fn assert_one_line_error(out: &Output, code: i32, parts: &[&str]) {
     for part in parts {
         assert!(lines[0].contains(part), "`{part}` missing from: {err}");
     }
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
 }

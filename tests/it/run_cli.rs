@@ -8,7 +8,11 @@ fn bundled_echo_replies_with_the_prompt_and_the_kind() {
     let out = env.run("echo", &["hello there"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "echo (a2a): hello there\n");
-    assert!(stderr(&out).is_empty(), "quiet by default: {}", stderr(&out));
+    assert!(
+        stderr(&out).is_empty(),
+        "quiet by default: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -32,7 +36,12 @@ fn the_prompt_can_come_from_stdin() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"from a pipe").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from a pipe")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "echo (heartbeat): from a pipe\n");
@@ -41,7 +50,10 @@ fn the_prompt_can_come_from_stdin() {
 #[test]
 fn json_output_carries_the_dispatch_the_events_and_the_status() {
     let env = Env::new();
-    let out = env.run("echo", &["hi", "--json", "--kind", "job:nightly", "--session", "s-42"]);
+    let out = env.run(
+        "echo",
+        &["hi", "--json", "--kind", "job:nightly", "--session", "s-42"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["dispatch"]["contract"], 1);
@@ -69,7 +81,10 @@ fn guest_stderr_goes_to_the_log_with_v() {
     let out = env.run(wat("writer.wat"), &["bogus command", "-v"]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("bogus"), "guest's stderr line is in the log: {err}");
+    assert!(
+        err.contains("bogus"),
+        "guest's stderr line is in the log: {err}"
+    );
     assert!(stdout(&out).is_empty());
 }
 
@@ -79,7 +94,10 @@ fn writer_creates_and_edits_files_in_the_workspace() {
     let script = "mkdir src\nwrite src/a.txt first line\nappend src/a.txt second line\nwrite b.txt gone soon\nrm b.txt";
     let out = env.run(wat("writer.wat"), &[script]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(env.ws("src/a.txt")).unwrap(), "first line\nsecond line\n");
+    assert_eq!(
+        std::fs::read_to_string(env.ws("src/a.txt")).unwrap(),
+        "first line\nsecond line\n"
+    );
     assert!(!env.ws("b.txt").exists());
     assert_eq!(stdout(&out), "writer: 5 ops\n");
 }
@@ -102,7 +120,13 @@ fn noop_succeeds_with_an_empty_reply() {
 #[test]
 fn without_a_workspace_the_guest_gets_an_empty_temporary_one() {
     let env = Env::new();
-    let out = env.cairn().args(["run"]).arg(wat("writer.wat")).arg("write x.txt y").output().unwrap();
+    let out = env
+        .cairn()
+        .args(["run"])
+        .arg(wat("writer.wat"))
+        .arg("write x.txt y")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!std::env::current_dir().unwrap().join("x.txt").exists());
 }

@@ -1,0 +1,14 @@
+#!/bin/sh
+# Runs every benchmark and prints the medians the README quotes.
+#   benches/run.sh            (about 2 minutes)
+set -eu
+cd "$(dirname "$0")/.."
+cargo bench --bench dispatch -- --noplot >/dev/null
+cargo bench --bench cli -- --noplot >/dev/null
+echo "medians (criterion, target/criterion/*/*/new/estimates.json):"
+for f in target/criterion/*/*/new/estimates.json; do
+    name=$(sed -E 's/.*"full_id":"([^"]*)".*/\1/' "$(dirname "$f")/benchmark.json")
+    ns=$(sed -E 's/.*"median":\{"confidence_interval":\{[^}]*\},"point_estimate":([0-9.eE+-]+).*/\1/' "$f")
+    awk -v n="$name" -v ns="$ns" 'BEGIN { if (ns >= 1e6) printf "  %-60s %10.2f ms\n", n, ns/1e6; else printf "  %-60s %10.2f us\n", n, ns/1e3 }'
+done
+cargo bench --bench concurrency 2>/dev/null
