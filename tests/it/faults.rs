@@ -91,11 +91,11 @@ fn a_trap_reports_its_message() {
 #[test]
 fn a_spinning_guest_stops_at_its_deadline() {
     let env = Env::new();
-    let started = std::time::Instant::now();
-    let out = env.run(wat("spin.wat"), &["--timeout", "1"]);
+    let mut cmd = env.cairn();
+    cmd.arg("run").arg(wat("spin.wat")).args(["--timeout", "1"]);
+    // Generous: the point is that it stopped at all, not how fast.
+    let out = output_within(cmd, std::time::Duration::from_secs(60));
     assert_one_line_error(&out, 6, &["spin.wat", "deadline of 1 s exceeded"]);
-    // Generous: the point is that it stopped, not how fast.
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
 
 #[test]

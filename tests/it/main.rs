@@ -92,3 +92,25 @@ pub fn assert_one_line_error(out: &Output, code: i32, parts: &[&str]) {
         "{err}"
     );
 }
+
+/// Runs `cmd` to the end, or kills it after `limit` and fails the test: a
+/// guest that should have been stopped must not hang the suite instead.
+#[track_caller]
+pub fn output_within(mut cmd: Command, limit: std::time::Duration) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}: the guest was not stopped");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
