@@ -25,10 +25,6 @@ impl DataDir {
         Ok(Self { root })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Compiled guest code (the sandbox's cache).
     pub fn code(&self) -> PathBuf {
         self.root.join("code")

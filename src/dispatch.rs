@@ -54,7 +54,7 @@ impl Dispatch {
             ("CAIRN_CONTRACT", CONTRACT_VERSION.to_string()),
             ("CAIRN_DISPATCH_ID", self.id.clone()),
             ("CAIRN_AGENT", self.agent.clone()),
-            ("CAIRN_KIND", self.kind.0.clone()),
+            ("CAIRN_KIND", self.kind.as_str().to_string()),
             ("CAIRN_SESSION", self.session.clone()),
             ("CAIRN_WORKSPACE", "/workspace".to_string()),
             ("PWD", "/workspace".to_string()),

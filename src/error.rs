@@ -57,10 +57,16 @@ impl Failure {
             Failure::Internal(e) => format!("{e:#}"),
             other => other.to_string(),
         };
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ")
+        one_line(&text)
     }
+}
+
+/// A message on one line, as cairn prints every error: the lines of a
+/// multi-line rendering (an error chain, a parser's report) joined by spaces.
+pub fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

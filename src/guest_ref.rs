@@ -11,14 +11,13 @@ use crate::sandbox::GuestSource;
 /// A guest compiled into the cairn binary, as WAT text.
 pub struct Bundled {
     pub name: &'static str,
-    pub about: &'static str,
     pub wat: &'static str,
 }
 
-/// The guests every cairn has, needing nothing else.
+/// The guests every cairn has, needing nothing else. `echo` replies with the
+/// prompt and the dispatch kind: the default when no model is configured.
 pub const BUNDLED: &[Bundled] = &[Bundled {
     name: "echo",
-    about: "replies with the prompt and the dispatch kind; the default when no model is configured",
     wat: include_str!("../wat/echo.wat"),
 }];
 

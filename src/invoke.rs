@@ -17,7 +17,6 @@ pub struct Outcome {
     pub reply: Reply,
     pub result: Result<(), GuestFailure>,
     pub elapsed: Duration,
-    pub stderr_bytes: usize,
 }
 
 pub async fn dispatch(
@@ -49,6 +48,5 @@ pub async fn dispatch(
         reply,
         result: finished.outcome,
         elapsed: finished.elapsed,
-        stderr_bytes: finished.stderr.len(),
     })
 }

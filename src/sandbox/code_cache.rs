@@ -39,10 +39,6 @@ impl CodeCache {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn path_of(&self, wasm_sha256: &str) -> PathBuf {
         self.dir.join(format!("{wasm_sha256}.cwasm"))
     }

@@ -5,6 +5,7 @@
 //! once per machine, through the code cache); a run only instantiates what
 //! this module prepared. Must not know about workspaces or dispatches.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -57,14 +58,23 @@ const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
 const COMPONENT_VERSION: [u8; 4] = [0x0d, 0, 1, 0];
 
 impl Sandbox {
-    pub(super) fn prepare(&self, src: &GuestSource<'_>) -> Result<Guest, LoadError> {
+    /// `source_sha256` is the hash of `src.bytes`, which is the binary's
+    /// when the source is already binary: it is not hashed twice.
+    pub(super) fn prepare(
+        &self,
+        src: &GuestSource<'_>,
+        source_sha256: String,
+    ) -> Result<Guest, LoadError> {
         let fail = |reason: String| LoadError {
             origin: src.origin.clone(),
             reason,
         };
         let binary = to_binary(src).map_err(fail)?;
         let shape = shape_of(&binary).map_err(fail)?;
-        let sha256 = hex(&Sha256::digest(&binary));
+        let sha256 = match &binary {
+            Cow::Borrowed(_) => source_sha256,
+            Cow::Owned(from_wat) => hex(&Sha256::digest(from_wat)),
+        };
         let pre = match shape {
             Shape::Module => {
                 let module: Module = self.compiled(&sha256, &binary, shape).map_err(fail)?;
@@ -72,7 +82,7 @@ impl Sandbox {
                 let pre = self
                     .p1_linker
                     .instantiate_pre(&module)
-                    .map_err(|e| fail(format!("cannot be linked: {}", one_line(&e.into()))))?;
+                    .map_err(|e| fail(format!("cannot be linked: {}", one_line(e))))?;
                 Pre::P1(pre)
             }
             Shape::Component => {
@@ -80,13 +90,13 @@ impl Sandbox {
                 let pre = self.p2_linker.instantiate_pre(&component).map_err(|e| {
                     fail(format!(
                         "imports what WASI 0.2 does not provide: {}",
-                        one_line(&e.into())
+                        one_line(e)
                     ))
                 })?;
                 let pre = CommandPre::new(pre).map_err(|e| {
                     fail(format!(
                         "not a WASI command: the component does not export `wasi:cli/run` ({})",
-                        one_line(&e.into())
+                        one_line(e)
                     ))
                 })?;
                 Pre::P2(pre)
@@ -120,7 +130,7 @@ impl Sandbox {
                     tracing::warn!(
                         "compiled-code cache entry {} was refused by the engine ({}); recompiling",
                         cache.path_of(sha256).display(),
-                        one_line(&e.into())
+                        one_line(e)
                     );
                     cache.remove(sha256);
                 }
@@ -135,7 +145,7 @@ impl Sandbox {
         }
         let started = std::time::Instant::now();
         let compiled = C::compile(&self.engine, binary)
-            .map_err(|e| format!("invalid {}: {}", shape.noun(), one_line(&e.into())))?;
+            .map_err(|e| format!("invalid {}: {}", shape.noun(), one_line(e)))?;
         tracing::debug!(sha256, elapsed = ?started.elapsed(), "compiled");
         match compiled.serialize() {
             Ok(code) => {
@@ -143,7 +153,7 @@ impl Sandbox {
                     tracing::warn!("could not store compiled code: {e:#}");
                 }
             }
-            Err(e) => tracing::warn!("could not serialize compiled code: {}", one_line(&e.into())),
+            Err(e) => tracing::warn!("could not serialize compiled code: {}", one_line(e)),
         }
         Ok(compiled)
     }
@@ -193,10 +203,10 @@ impl Compiled for Component {
 }
 
 /// The wasm binary of a source: binary as is, WAT compiled to binary.
-fn to_binary(src: &GuestSource<'_>) -> Result<Vec<u8>, String> {
+fn to_binary<'a>(src: &'a GuestSource<'_>) -> Result<Cow<'a, [u8]>, String> {
     let bytes = &src.bytes[..];
     if bytes.starts_with(MAGIC) {
-        return Ok(bytes.to_vec());
+        return Ok(Cow::Borrowed(bytes));
     }
     let is_wat_file = src
         .path
@@ -220,6 +230,7 @@ fn to_binary(src: &GuestSource<'_>) -> Result<Vec<u8>, String> {
     };
     wat::Parser::new()
         .parse_str(src.path, text)
+        .map(Cow::Owned)
         .map_err(|e| format!("invalid WAT: {}", wat_error_line(&e.to_string())))
 }
 
@@ -281,10 +292,7 @@ pub(super) fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// An error chain on one line, as cairn prints every error.
-pub(super) fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+/// A wasmtime error chain on one line.
+pub(super) fn one_line(e: wasmtime::Error) -> String {
+    crate::error::one_line(&format!("{:#}", anyhow::Error::from(e)))
 }

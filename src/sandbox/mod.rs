@@ -14,7 +14,7 @@ mod run;
 mod state;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,6 @@ use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-pub use engine::{EPOCH_TICK, MAX_MEMORY_BYTES};
 pub use guest::{Guest, GuestSource, Shape};
 pub use run::{DefaultLimits, Finished, Invocation, Limits};
 
@@ -118,20 +117,15 @@ impl Sandbox {
         self.pooled
     }
 
-    /// The directory of this engine's compiled code.
-    pub fn code_cache_dir(&self) -> &Path {
-        self.code_cache.dir()
-    }
-
     /// Loads a guest: compiled once per machine, prepared once per process.
     /// Prepared guests are found again by the hash of their source and name.
     pub fn load(&self, src: &GuestSource<'_>) -> Result<Arc<Guest>, LoadError> {
-        let key = guest::hex(&<sha2::Sha256 as sha2::Digest>::digest(&src.bytes[..]));
-        let key = format!("{key}:{}", src.name);
+        let source_sha256 = guest::hex(&<sha2::Sha256 as sha2::Digest>::digest(&src.bytes[..]));
+        let key = format!("{source_sha256}:{}", src.name);
         if let Some(guest) = self.lock_prepared().get(&key) {
             return Ok(guest.clone());
         }
-        let guest = Arc::new(self.prepare(src)?);
+        let guest = Arc::new(self.prepare(src, source_sha256)?);
         self.lock_prepared().insert(key, guest.clone());
         Ok(guest)
     }

@@ -247,7 +247,7 @@ fn classify(
     if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
         return Err(GuestFailure::Trap(trap.to_string()));
     }
-    Err(GuestFailure::Fault(one_line(&error.into())))
+    Err(GuestFailure::Fault(one_line(error)))
 }
 
 #[cfg(test)]
