@@ -30,6 +30,16 @@ impl DataDir {
         self.root.join("code")
     }
 
+    /// The SQLite store (`cairn.db`, WAL).
+    pub fn store(&self) -> PathBuf {
+        self.root.join("cairn.db")
+    }
+
+    /// The timeline's objects, workspace locks and watcher cookies.
+    pub fn timeline(&self) -> PathBuf {
+        self.root.join("timeline")
+    }
+
     /// Refuses a workspace that contains the data directory.
     pub fn check_outside(&self, workspace: &Path) -> Result<()> {
         if self.root.starts_with(workspace) {

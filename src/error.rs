@@ -11,12 +11,17 @@ pub enum Failure {
     /// The guest could not be loaded: nothing ran.
     #[error(transparent)]
     Load(#[from] LoadError),
-    /// The guest ran and failed.
-    #[error("{guest}: {failure}")]
+    /// The guest ran and failed; `then` says what the timeline did about
+    /// it (`; rolled back …`), or is empty.
+    #[error("{guest}: {failure}{then}")]
     Guest {
         guest: String,
         failure: GuestFailure,
+        then: String,
     },
+    /// A rollback refused because the workspace changed since.
+    #[error(transparent)]
+    Conflict(#[from] crate::timeline::Conflict),
     /// cairn itself failed.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -33,6 +38,7 @@ pub mod exit {
     pub const DEADLINE: u8 = 6;
     pub const MEMORY: u8 = 7;
     pub const OUTPUT: u8 = 8;
+    pub const CONFLICT: u8 = 9;
 }
 
 impl Failure {
@@ -41,6 +47,7 @@ impl Failure {
             Failure::Usage(_) => exit::USAGE,
             Failure::Load(_) => exit::LOAD,
             Failure::Internal(_) => exit::INTERNAL,
+            Failure::Conflict(_) => exit::CONFLICT,
             Failure::Guest { failure, .. } => match failure {
                 GuestFailure::Trap(_) | GuestFailure::Fault(_) => exit::TRAP,
                 GuestFailure::Exit(_) => exit::GUEST_EXIT,

@@ -10,6 +10,9 @@
 //!   stdin, the environment, the events and reply on stdout.
 //! - [`invoke`]: runs one dispatch on one guest (contract + sandbox).
 //! - [`guest_ref`]: what a guest reference names (file, bundled, image).
+//! - [`timeline`]: snapshots of the workspace at every step boundary,
+//!   rollback of failed dispatches, undo of any step.
+//! - [`store`]: the SQLite store, the only module that speaks SQL.
 //! - [`data_dir`]: where cairn's state lives, outside every workspace.
 //! - [`error`]: failures and their exit codes.
 //! - [`logging`]: `tracing` set up from `-v` and `RUST_LOG`.
@@ -22,3 +25,5 @@ pub mod guest_ref;
 pub mod invoke;
 pub mod logging;
 pub mod sandbox;
+pub mod store;
+pub mod timeline;

@@ -16,6 +16,10 @@ fn main() -> ExitCode {
     cairn::logging::init(cli.global.verbose);
     let result = match cli.command {
         Command::Run(cmd) => cmd.execute(&cli.global),
+        Command::Log(cmd) => cmd.execute(&cli.global),
+        Command::Diff(cmd) => cmd.execute(&cli.global),
+        Command::Rollback(cmd) => cmd.execute(&cli.global),
+        Command::Gc(cmd) => cmd.execute(&cli.global),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -1,7 +1,14 @@
 ;; rogue.wat: a guest that deletes everything in its workspace.
 ;;
 ;; What it does: checks that fd 3 is a preopened directory (the /workspace
-;; preopen; if not: stderr, proc_exit(2)), then empties it recursively:
+;; preopen; if not: stderr, proc_exit(2)), then reads the dispatch from stdin
+;; (up to 1 MiB, as writer.wat) and looks for its "prompt" string, which it
+;; JSON-unescapes the way writer.wat does (\n \t \r \" \\ \/). It only wants
+;; to know whether the prompt is exactly `fail`: empty or missing stdin, a
+;; read error, a dispatch over 1 MiB, no "prompt" string, or an escape it does
+;; not know (\uXXXX included) all count as "not fail", never as an error.
+;;
+;; Then it empties the workspace recursively:
 ;; fd_readdir each directory, skip `.` and `..`, unlink files, symlinks and
 ;; anything else that is not a directory (path_unlink_file: a symlink is
 ;; removed, never followed), and for a directory: open it (path_open with
@@ -17,12 +24,18 @@
 ;; left. Nesting deeper than 63 directories is not descended into.
 ;;
 ;; Then it prints {"type":"final","text":"rogue: deleted N entries"} (N
-;; counts files, symlinks and directories removed) and returns (exit 0).
+;; counts files, symlinks and directories removed) and returns (exit 0);
+;; if stdout refuses that line, proc_exit(1). When the prompt was `fail`, it
+;; instead goes on after that line to write `rogue: failing on purpose` on
+;; stderr and proc_exit(1): the deleting is done all the same.
 ;;
 ;; What it is for: checking that a hostile guest's damage stays inside its
 ;; workspace: symlinks pointing outside are unlinked, not followed, and
-;; nothing outside the workspace is touched.
+;; nothing outside the workspace is touched; with `fail`, that the damage of
+;; a dispatch that fails is handled like that of one that succeeds.
 (module
+  (import "wasi_snapshot_preview1" "fd_read"
+    (func $fd_read (param $fd i32) (param $iovs i32) (param $iovs_len i32) (param $nread i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write"
     (func $fd_write (param $fd i32) (param $iovs i32) (param $iovs_len i32) (param $nwritten i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_prestat_get"
@@ -43,8 +56,9 @@
   (import "wasi_snapshot_preview1" "proc_exit"
     (func $proc_exit (param $code i32)))
 
-  ;; page 0: scratch and strings; pages 1-8: one readdir buffer per depth
-  (memory (export "memory") 9)
+  ;; page 0: scratch and strings; pages 1-8: one readdir buffer per depth;
+  ;; pages 9-25: the stdin buffer (1 MiB + 1 byte), unescaped in place
+  (memory (export "memory") 26)
 
   ;; ---- memory layout ---------------------------------------------------
   (global $IOV i32 (i32.const 0))          ;; one iovec {buf, len}
@@ -56,6 +70,8 @@
   (global $DIRBUF i32 (i32.const 0x10000)) ;; readdir buffers, DIRBUF_SIZE each
   (global $DIRBUF_SIZE i32 (i32.const 0x2000))
   (global $MAX_DEPTH i32 (i32.const 64))   ;; 64 buffers of 8 KiB = pages 1-8
+  (global $IN i32 (i32.const 0x90000))     ;; stdin buffer (IN_CAP + 1 bytes)
+  (global $IN_CAP i32 (i32.const 0x100000));; 1 MiB: more input is "not fail"
 
   ;; ---- WASI constants --------------------------------------------------
   (global $WORKSPACE_FD i32 (i32.const 3))
@@ -96,6 +112,15 @@
   (global $S_CLOSE_PAREN i32 (i32.const 328))
   (global $S_CLOSE_PAREN_LEN i32 (i32.const 2))
   (data (i32.const 328) ")\n")
+  (global $S_PROMPT_KEY i32 (i32.const 336))
+  (global $S_PROMPT_KEY_LEN i32 (i32.const 10))
+  (data (i32.const 336) "\"prompt\":\"")
+  (global $S_FAIL i32 (i32.const 352))
+  (global $S_FAIL_LEN i32 (i32.const 4))
+  (data (i32.const 352) "fail")
+  (global $S_FAILING i32 (i32.const 360))
+  (global $S_FAILING_LEN i32 (i32.const 26))
+  (data (i32.const 360) "rogue: failing on purpose\n")
 
   ;; ---- output helpers --------------------------------------------------
 
@@ -158,6 +183,133 @@
       (local.set $rest (i32.div_u (local.get $rest) (i32.const 10)))
       (br_if $digit (local.get $rest)))
     (i32.add (local.get $dst) (local.get $digits)))
+
+  ;; ---- the dispatch (the input helpers of writer.wat, minus the dying) --
+
+  ;; Read stdin until EOF into $IN; returns the number of bytes read, or -1
+  ;; on a read error or when there is more than IN_CAP.
+  ;; The iovec offers one byte more than IN_CAP so that overflow is noticed.
+  (func $read_stdin (result i32)
+    (local $len i32)
+    (block $eof
+      (loop $more
+        (i32.store (global.get $IOV) (i32.add (global.get $IN) (local.get $len)))
+        (i32.store offset=4 (global.get $IOV)
+          (i32.sub (i32.add (global.get $IN_CAP) (i32.const 1)) (local.get $len)))
+        (if (call $fd_read (i32.const 0) (global.get $IOV) (i32.const 1) (global.get $NUM))
+          (then (return (i32.const -1))))
+        (br_if $eof (i32.eqz (i32.load (global.get $NUM))))
+        (local.set $len (i32.add (local.get $len) (i32.load (global.get $NUM))))
+        ;; past the cap: stop before offering an empty iovec
+        (br_if $eof (i32.gt_u (local.get $len) (global.get $IN_CAP)))
+        (br $more)))
+    (if (i32.gt_u (local.get $len) (global.get $IN_CAP))
+      (then (return (i32.const -1))))
+    (local.get $len))
+
+  ;; Find the first occurrence of needle[0..nlen] in hay[0..hlen]; returns the
+  ;; address just past it, or 0 when it does not occur.
+  (func $find_after (param $needle i32) (param $nlen i32) (param $hay i32) (param $hlen i32) (result i32)
+    (local $at i32) (local $last i32) (local $j i32)
+    (if (i32.lt_u (local.get $hlen) (local.get $nlen)) (then (return (i32.const 0))))
+    (local.set $at (local.get $hay))
+    (local.set $last (i32.add (local.get $hay) (i32.sub (local.get $hlen) (local.get $nlen))))
+    (block $absent
+      (loop $scan
+        (br_if $absent (i32.gt_u (local.get $at) (local.get $last)))
+        (local.set $j (i32.const 0))
+        (block $mismatch
+          (loop $compare
+            (br_if $mismatch
+              (i32.ne (i32.load8_u (i32.add (local.get $at) (local.get $j)))
+                      (i32.load8_u (i32.add (local.get $needle) (local.get $j)))))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (if (i32.eq (local.get $j) (local.get $nlen))
+              (then (return (i32.add (local.get $at) (local.get $nlen)))))
+            (br $compare)))
+        (local.set $at (i32.add (local.get $at) (i32.const 1)))
+        (br $scan)))
+    (i32.const 0))
+
+  ;; Given the address just past a JSON string's opening quote, return the
+  ;; address of its closing quote (the next `"` not escaped by a backslash),
+  ;; or 0 when the string does not end before `end`.
+  (func $string_end (param $p i32) (param $end i32) (result i32)
+    (local $c i32)
+    (block $unterminated
+      (loop $scan
+        (br_if $unterminated (i32.ge_u (local.get $p) (local.get $end)))
+        (local.set $c (i32.load8_u (local.get $p)))
+        (if (i32.eq (local.get $c) (i32.const 34)) ;; '"'
+          (then (return (local.get $p))))
+        ;; a backslash escapes the byte after it, whatever it is
+        (local.set $p (i32.add (local.get $p)
+          (select (i32.const 2) (i32.const 1) (i32.eq (local.get $c) (i32.const 92)))))
+        (br $scan)))
+    (i32.const 0))
+
+  ;; JSON-unescape src[..end) into dst (dst <= src: in place is fine); returns
+  ;; the end of what was written, or 0 at an escape it does not know.
+  ;; The escaped byte after a backslash always exists: $string_end checked it.
+  (func $unescape (param $src i32) (param $end i32) (param $dst i32) (result i32)
+    (local $c i32)
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
+        (local.set $c (i32.load8_u (local.get $src)))
+        (if (i32.eq (local.get $c) (i32.const 92)) ;; '\'
+          (then
+            (local.set $c (i32.load8_u offset=1 (local.get $src)))
+            (block $mapped
+              (if (i32.eq (local.get $c) (i32.const 110)) ;; n
+                (then (local.set $c (i32.const 10)) (br $mapped)))
+              (if (i32.eq (local.get $c) (i32.const 116)) ;; t
+                (then (local.set $c (i32.const 9)) (br $mapped)))
+              (if (i32.eq (local.get $c) (i32.const 114)) ;; r
+                (then (local.set $c (i32.const 13)) (br $mapped)))
+              ;; \" \\ \/ stand for themselves
+              (br_if $mapped (i32.eq (local.get $c) (i32.const 34)))
+              (br_if $mapped (i32.eq (local.get $c) (i32.const 92)))
+              (br_if $mapped (i32.eq (local.get $c) (i32.const 47)))
+              (return (i32.const 0)))
+            (local.set $src (i32.add (local.get $src) (i32.const 2))))
+          (else
+            (local.set $src (i32.add (local.get $src) (i32.const 1)))))
+        (i32.store8 (local.get $dst) (local.get $c))
+        (local.set $dst (i32.add (local.get $dst) (i32.const 1)))
+        (br $next)))
+    (local.get $dst))
+
+  ;; Whether a[0..alen] and b[0..blen] are the same bytes.
+  (func $bytes_eq (param $a i32) (param $alen i32) (param $b i32) (param $blen i32) (result i32)
+    (local $i i32)
+    (if (i32.ne (local.get $alen) (local.get $blen)) (then (return (i32.const 0))))
+    (block $differ
+      (loop $compare
+        (if (i32.eq (local.get $i) (local.get $alen)) (then (return (i32.const 1))))
+        (br_if $differ
+          (i32.ne (i32.load8_u (i32.add (local.get $a) (local.get $i)))
+                  (i32.load8_u (i32.add (local.get $b) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $compare)))
+    (i32.const 0))
+
+  ;; Whether the dispatch on stdin has the prompt `fail`. Anything that keeps
+  ;; it from saying so (no input, bad input) is a no.
+  (func $prompt_is_fail (result i32)
+    (local $in_len i32) (local $raw i32) (local $raw_end i32) (local $end i32)
+    (local.set $in_len (call $read_stdin))
+    (if (i32.eq (local.get $in_len) (i32.const -1)) (then (return (i32.const 0))))
+    (local.set $raw (call $find_after (global.get $S_PROMPT_KEY) (global.get $S_PROMPT_KEY_LEN)
+                                      (global.get $IN) (local.get $in_len)))
+    (if (i32.eqz (local.get $raw)) (then (return (i32.const 0))))
+    (local.set $raw_end
+      (call $string_end (local.get $raw) (i32.add (global.get $IN) (local.get $in_len))))
+    (if (i32.eqz (local.get $raw_end)) (then (return (i32.const 0))))
+    (local.set $end (call $unescape (local.get $raw) (local.get $raw_end) (local.get $raw)))
+    (if (i32.eqz (local.get $end)) (then (return (i32.const 0))))
+    (call $bytes_eq (local.get $raw) (i32.sub (local.get $end) (local.get $raw))
+                    (global.get $S_FAIL) (global.get $S_FAIL_LEN)))
 
   ;; ---- the deleting ----------------------------------------------------
 
@@ -271,7 +423,7 @@
       (br_if $pass (local.get $removed))))
 
   (func $main (export "_start")
-    (local $errno i32) (local $p i32)
+    (local $errno i32) (local $p i32) (local $fail i32)
 
     ;; fd 3 must be the preopened workspace directory (prestat tag 0 = dir)
     (local.set $errno (call $fd_prestat_get (global.get $WORKSPACE_FD) (global.get $PRESTAT)))
@@ -282,6 +434,8 @@
         (call $err (global.get $S_CLOSE_PAREN) (global.get $S_CLOSE_PAREN_LEN))
         (call $proc_exit (i32.const 2))))
 
+    (local.set $fail (call $prompt_is_fail))
+
     (call $clear_dir (global.get $WORKSPACE_FD) (i32.const 0))
 
     ;; {"type":"final","text":"rogue: deleted N entries"}\n
@@ -289,5 +443,11 @@
     (local.set $p (call $put_uint (local.get $p) (global.get $deleted)))
     (local.set $p (call $put (local.get $p) (global.get $S_FINAL_TAIL) (global.get $S_FINAL_TAIL_LEN)))
     (if (call $write_all (i32.const 1) (global.get $FINAL) (i32.sub (local.get $p) (global.get $FINAL)))
-      (then (call $proc_exit (i32.const 1)))))
+      (then (call $proc_exit (i32.const 1))))
+
+    ;; prompt `fail`: the deleting is done, now fail the dispatch
+    (if (local.get $fail)
+      (then
+        (call $err (global.get $S_FAILING) (global.get $S_FAILING_LEN))
+        (call $proc_exit (i32.const 1)))))
 )

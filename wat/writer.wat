@@ -7,19 +7,29 @@
 ;;
 ;;   write PATH CONTENT    create or truncate PATH, write CONTENT + "\n"
 ;;   append PATH CONTENT   append CONTENT + "\n" to PATH, creating it if missing
+;;   symlink PATH TARGET   create a symlink at PATH whose content is TARGET
+;;                         (path_symlink; TARGET is not checked or resolved)
 ;;   mkdir PATH            create a directory
 ;;   rm PATH               unlink a file (or a symlink)
 ;;   rmdir PATH            remove an empty directory
+;;   wait                  block for one hour in a single poll_oneoff (a
+;;                         relative monotonic-clock subscription of 3600 s),
+;;                         then go on; tests kill the run while it waits
 ;;
-;; PATH is one word, relative to /workspace (fd 3); CONTENT is the rest of the
-;; line after the single space following PATH (it may be empty and may hold
-;; spaces). Symlinks are followed when opening files for write/append.
+;; PATH is one word, relative to /workspace (fd 3); CONTENT and TARGET are the
+;; rest of the line after the single space following PATH (they may be empty
+;; and may hold spaces; an empty TARGET is passed on as is, and the host
+;; refuses it with an errno). Symlinks are followed when opening files for
+;; write/append. Each command's effect is done (files closed) before the next
+;; line runs, so what came before a `wait` is visible while it waits.
 ;;
 ;; On success it prints {"type":"final","text":"writer: N ops"} (N = the
 ;; number of commands run) and returns. The first command that fails stops it:
-;; a line on stderr, `writer: line L: CMD PATH: errno N`, then proc_exit(1).
-;; An unknown command, a missing PATH, or text after PATH for mkdir/rm/rmdir:
-;; a line on stderr and proc_exit(2). Commands before the failing one stay done.
+;; a line on stderr, `writer: line L: CMD PATH: errno N` (`writer: line L:
+;; wait: errno N` when poll_oneoff fails), then proc_exit(1). An unknown
+;; command, a missing PATH, text after PATH for mkdir/rm/rmdir, or any text
+;; after `wait` (a trailing space included): a line on stderr and
+;; proc_exit(2). Commands before the failing one stay done.
 ;;
 ;; What it is for: giving tests a guest that changes the workspace in known
 ;; ways (file contents, directories, removals) and fails in known ways with
@@ -41,6 +51,12 @@
     (func $path_unlink_file (param $dirfd i32) (param $path i32) (param $path_len i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_remove_directory"
     (func $path_remove_directory (param $dirfd i32) (param $path i32) (param $path_len i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_symlink"
+    (func $path_symlink (param $old_path i32) (param $old_path_len i32) (param $dirfd i32)
+                        (param $new_path i32) (param $new_path_len i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll_oneoff (param $in i32) (param $out i32) (param $nsubscriptions i32) (param $nevents i32)
+                       (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit"
     (func $proc_exit (param $code i32)))
 
@@ -52,6 +68,9 @@
   (global $NUM i32 (i32.const 8))          ;; nread / nwritten out-parameter
   (global $FD_OUT i32 (i32.const 12))      ;; path_open's fd out-parameter
   (global $DIGITS i32 (i32.const 32))      ;; a number formatted for stderr
+  (global $SUB i32 (i32.const 0x800))      ;; poll_oneoff's subscription (48 bytes)
+  (global $EVENT i32 (i32.const 0x840))    ;; poll_oneoff's event (32 bytes)
+  (global $NEVENTS i32 (i32.const 0x860))  ;; poll_oneoff's nevents out-parameter
   (global $FINAL i32 (i32.const 0x1000))   ;; the final line
   (global $IN i32 (i32.const 0x10000))     ;; stdin buffer (IN_CAP + 1 bytes)
   (global $IN_CAP i32 (i32.const 0x100000));; 1 MiB: more input is an error
@@ -64,13 +83,19 @@
   (global $O_CREAT_TRUNC i32 (i32.const 9))   ;; oflags.creat | oflags.trunc
   (global $FDFLAG_APPEND i32 (i32.const 1))   ;; fdflags.append
   (global $RIGHT_WRITE i64 (i64.const 64))    ;; rights.fd_write
+  (global $CLOCK_MONOTONIC i32 (i32.const 1)) ;; clockid.monotonic
+  (global $WAIT_NS i64 (i64.const 3600000000000)) ;; one hour
 
   ;; ---- commands --------------------------------------------------------
+  ;; ordered by shape: PATH + rest of line (write..symlink), PATH only
+  ;; (mkdir..rmdir), nothing at all (wait)
   (global $OP_WRITE i32 (i32.const 1))
   (global $OP_APPEND i32 (i32.const 2))
-  (global $OP_MKDIR i32 (i32.const 3))
-  (global $OP_RM i32 (i32.const 4))
-  (global $OP_RMDIR i32 (i32.const 5))
+  (global $OP_SYMLINK i32 (i32.const 3))
+  (global $OP_MKDIR i32 (i32.const 4))
+  (global $OP_RM i32 (i32.const 5))
+  (global $OP_RMDIR i32 (i32.const 6))
+  (global $OP_WAIT i32 (i32.const 7))
 
   ;; ---- constant strings (address, length) ------------------------------
   (global $S_PROMPT_KEY i32 (i32.const 64))
@@ -136,6 +161,15 @@
   (global $S_ERR_ESCAPE i32 (i32.const 432))
   (global $S_ERR_ESCAPE_LEN i32 (i32.const 66))
   (data (i32.const 432) "writer: unsupported escape in the prompt (only \\n \\t \\r \\\" \\\\ \\/)\n")
+  (global $S_SYMLINK i32 (i32.const 504))
+  (global $S_SYMLINK_LEN i32 (i32.const 7))
+  (data (i32.const 504) "symlink")
+  (global $S_WAIT i32 (i32.const 512))
+  (global $S_WAIT_LEN i32 (i32.const 4))
+  (data (i32.const 512) "wait")
+  (global $S_NO_ARGS i32 (i32.const 520))
+  (global $S_NO_ARGS_LEN i32 (i32.const 41))
+  (data (i32.const 520) " takes no arguments, found more after it\n")
 
   ;; ---- output helpers --------------------------------------------------
 
@@ -334,6 +368,24 @@
     (local.set $close_errno (call $fd_close (local.get $fd)))
     (select (local.get $errno) (local.get $close_errno) (local.get $errno)))
 
+  ;; Block for WAIT_NS in one poll_oneoff on a relative monotonic-clock
+  ;; subscription (the layout block.wat uses). Returns 0 or the WASI errno
+  ;; (of the call, or the one the event carries).
+  (func $wait (result i32)
+    (local $errno i32)
+    ;; subscription: userdata u64 @0, tag u8 @8 (0 = clock), clock id u32 @16,
+    ;; timeout u64 @24, precision u64 @32, flags u16 @40 (0 = relative)
+    (memory.fill (global.get $SUB) (i32.const 0) (i32.const 48))
+    (i32.store offset=16 (global.get $SUB) (global.get $CLOCK_MONOTONIC))
+    (i64.store offset=24 (global.get $SUB) (global.get $WAIT_NS))
+    (local.set $errno
+      (call $poll_oneoff (global.get $SUB) (global.get $EVENT) (i32.const 1) (global.get $NEVENTS)))
+    (if (local.get $errno) (then (return (local.get $errno))))
+    ;; event: userdata u64 @0, error u16 @8, type u8 @10
+    (if (i32.load (global.get $NEVENTS))
+      (then (return (i32.load16_u offset=8 (global.get $EVENT)))))
+    (i32.const 0))
+
   ;; Which command a word names: one of the $OP_ constants, or 0.
   (func $op_of (param $word i32) (param $len i32) (result i32)
     (if (call $bytes_eq (local.get $word) (local.get $len) (global.get $S_WRITE) (global.get $S_WRITE_LEN))
@@ -346,6 +398,10 @@
       (then (return (global.get $OP_RM))))
     (if (call $bytes_eq (local.get $word) (local.get $len) (global.get $S_RMDIR) (global.get $S_RMDIR_LEN))
       (then (return (global.get $OP_RMDIR))))
+    (if (call $bytes_eq (local.get $word) (local.get $len) (global.get $S_SYMLINK) (global.get $S_SYMLINK_LEN))
+      (then (return (global.get $OP_SYMLINK))))
+    (if (call $bytes_eq (local.get $word) (local.get $len) (global.get $S_WAIT) (global.get $S_WAIT_LEN))
+      (then (return (global.get $OP_WAIT))))
     (i32.const 0))
 
   ;; Start a stderr line: `writer: line L: CMD`.
@@ -383,6 +439,22 @@
         (call $err (global.get $S_UNKNOWN) (global.get $S_UNKNOWN_LEN))
         (call $err (local.get $start) (local.get $cmd_len))
         (call $die (global.get $S_QUOTE_NL) (global.get $S_QUOTE_NL_LEN) (i32.const 2))))
+    (if (i32.eq (local.get $op) (global.get $OP_WAIT))
+      (then
+        ;; nothing may follow the word, not even a space
+        (if (i32.ne (local.get $cmd_end) (local.get $end))
+          (then
+            (call $err_line_head (local.get $lineno) (local.get $start) (local.get $cmd_len))
+            (call $die (global.get $S_NO_ARGS) (global.get $S_NO_ARGS_LEN) (i32.const 2))))
+        (local.set $errno (call $wait))
+        (if (local.get $errno)
+          (then
+            ;; writer: line L: wait: errno N
+            (call $err_line_head (local.get $lineno) (local.get $start) (local.get $cmd_len))
+            (call $err (global.get $S_ERRNO) (global.get $S_ERRNO_LEN))
+            (call $err_uint (local.get $errno))
+            (call $die (global.get $S_NL) (global.get $S_NL_LEN) (i32.const 1))))
+        (return)))
     (if (i32.eqz (local.get $path_len))
       (then
         (call $err_line_head (local.get $lineno) (local.get $start) (local.get $cmd_len))
@@ -407,6 +479,12 @@
             (call $write_file (local.get $path) (local.get $path_len)
                               (local.get $content) (i32.sub (local.get $end) (local.get $content))
                               (global.get $O_CREAT) (global.get $FDFLAG_APPEND)))
+          (br $ran)))
+      (if (i32.eq (local.get $op) (global.get $OP_SYMLINK))
+        (then
+          (local.set $errno
+            (call $path_symlink (local.get $content) (i32.sub (local.get $end) (local.get $content))
+                                (global.get $WORKSPACE_FD) (local.get $path) (local.get $path_len)))
           (br $ran)))
       (if (i32.eq (local.get $op) (global.get $OP_MKDIR))
         (then

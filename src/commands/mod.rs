@@ -5,7 +5,15 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub mod diff;
+pub mod gc;
+pub mod log;
+pub mod rollback;
 pub mod run;
+
+use crate::data_dir::DataDir;
+use crate::error::Failure;
+use crate::store::Store;
 
 #[derive(Parser)]
 #[command(
@@ -35,4 +43,43 @@ pub struct Global {
 pub enum Command {
     /// Run one dispatch on a guest and print its reply
     Run(run::RunCommand),
+    /// Show dispatches and their steps, newest first, with changed paths
+    Log(log::LogCommand),
+    /// Show what one step changed, as a unified diff
+    Diff(diff::DiffCommand),
+    /// Undo a step or a whole dispatch
+    Rollback(rollback::RollbackCommand),
+    /// Forget old dispatches and delete objects nothing refers to
+    Gc(gc::GcCommand),
+}
+
+/// The data directory and its store, after finishing whatever a stopped
+/// cairn left unfinished in workspaces no one is using.
+pub fn open_store(global: &Global) -> Result<(DataDir, Store), Failure> {
+    let data = DataDir::resolve(global.data_dir.as_deref())?;
+    let store = Store::open(&data.store())?;
+    crate::timeline::recover_idle(&data, &store)?;
+    Ok((data, store))
+}
+
+/// A store timestamp (ms since the epoch) as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

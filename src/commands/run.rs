@@ -15,6 +15,7 @@ use crate::error::Failure;
 use crate::guest_ref::{GuestRef, io_reason};
 use crate::invoke;
 use crate::sandbox::{DefaultLimits, Limits, Sandbox, SandboxConfig};
+use crate::timeline::{RollbackPolicy, Timeline};
 
 /// The largest prompt read from stdin with `-`.
 const MAX_STDIN_PROMPT: u64 = 16 << 20;
@@ -72,6 +73,10 @@ impl RunCommand {
             ..Limits::default()
         };
         let dispatch = Dispatch::new("cli", self.kind, prompt, self.session);
+        // Every dispatch goes through the timeline: recorded at its start,
+        // rolled back if the guest fails.
+        let mut timeline = Timeline::open(&data, workspace.path(), true)?;
+        let active = timeline.begin(&dispatch.id, &guest.origin, dispatch.kind.as_str())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -86,6 +91,15 @@ impl RunCommand {
             limits,
         ))?;
         tracing::debug!(dispatch = %outcome.dispatch.id, elapsed = ?outcome.elapsed, "dispatch ended");
+        let verdict = outcome
+            .result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|f| f.to_string());
+        let undone = timeline.end(active, verdict, RollbackPolicy::Dispatch)?;
+        for w in &undone.warnings {
+            tracing::warn!("{w}");
+        }
 
         let mut stdout = std::io::stdout().lock();
         let printed = if self.json {
@@ -99,6 +113,7 @@ impl RunCommand {
                 "status": status,
                 "reply": outcome.reply,
                 "elapsed_ms": outcome.elapsed.as_secs_f64() * 1e3,
+                "rolled_back": undone.step.map(|step| serde_json::json!({ "step": step, "paths": undone.paths })),
             });
             writeln!(stdout, "{json}")
         } else if outcome.result.is_ok() {
@@ -111,6 +126,13 @@ impl RunCommand {
         outcome.result.map_err(|failure| Failure::Guest {
             guest: guest.origin.clone(),
             failure,
+            then: match undone.step {
+                Some(step) => format!(
+                    "; rolled back {} path(s) (dispatch {}, step {step})",
+                    undone.paths, outcome.dispatch.id
+                ),
+                None => format!("; nothing to roll back (dispatch {})", outcome.dispatch.id),
+            },
         })
     }
 

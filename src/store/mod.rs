@@ -1,0 +1,129 @@
+//! The SQLite store, `<data>/cairn.db`: everything that must survive a
+//! crash. One file in WAL mode, so readers (`cairn log`) never block the
+//! writer, and each change is one transaction. The only module that speaks
+//! SQL; the rest of cairn sees typed functions.
+//!
+//! Durability: `synchronous = NORMAL` in WAL mode. A committed transaction
+//! survives a crash of the process (`kill -9`); after a power loss the
+//! database is intact but may lack the last transactions.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rusqlite::Connection;
+
+pub mod timeline;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` is how many
+/// have run. Append, never edit.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE workspaces (
+    id INTEGER PRIMARY KEY,
+    path BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+-- The workspace as of its last boundary: one row per covered path.
+CREATE TABLE entries (
+    workspace INTEGER NOT NULL,
+    path BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    dev INTEGER NOT NULL,
+    racy INTEGER NOT NULL,
+    content_kind INTEGER NOT NULL,
+    content TEXT,
+    target BLOB,
+    PRIMARY KEY (workspace, path)
+) WITHOUT ROWID;
+CREATE TABLE dispatches (
+    id TEXT PRIMARY KEY,
+    workspace INTEGER NOT NULL,
+    guest TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER
+);
+CREATE INDEX dispatches_by_workspace ON dispatches (workspace, started_at);
+CREATE TABLE steps (
+    id INTEGER PRIMARY KEY,
+    dispatch TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    opened_by TEXT NOT NULL,
+    detail TEXT,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    UNIQUE (dispatch, idx)
+);
+-- What each step changed: the path's state before and after (JSON, NULL =
+-- absent).
+CREATE TABLE changes (
+    step INTEGER NOT NULL,
+    path BLOB NOT NULL,
+    before TEXT,
+    after TEXT,
+    PRIMARY KEY (step, path)
+) WITHOUT ROWID;
+CREATE INDEX changes_by_path ON changes (path, step);
+-- Restores in progress: written before the first file is touched, deleted
+-- in the transaction that records the result.
+CREATE TABLE journal (
+    id INTEGER PRIMARY KEY,
+    workspace INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"#];
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn =
+            Connection::open(path).with_context(|| format!("opening store {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let mut store = Store { conn };
+        store
+            .migrate()
+            .with_context(|| format!("migrating store {}", path.display()))?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version = usize::try_from(version).unwrap_or(usize::MAX);
+        if version > MIGRATIONS.len() {
+            anyhow::bail!(
+                "the store was written by a newer cairn (schema {version}, this one knows {})",
+                MIGRATIONS.len()
+            );
+        }
+        for sql in &MIGRATIONS[version..] {
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch, how every timestamp is stored.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
