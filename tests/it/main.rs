@@ -8,6 +8,7 @@ mod confinement;
 mod faults;
 mod run_cli;
 mod tidy;
+mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
