@@ -49,7 +49,12 @@ fn content(n: usize, round: usize) -> Vec<u8> {
 }
 
 fn path_of(tree: &Path, n: usize) -> PathBuf {
-    tree.join(format!("d{:03}/s{}/f{:03}.rs", n / PER_DIR, n % 10, n % PER_DIR))
+    tree.join(format!(
+        "d{:03}/s{}/f{:03}.rs",
+        n / PER_DIR,
+        n % 10,
+        n % PER_DIR
+    ))
 }
 
 fn generate(tree: &Path) {
@@ -58,7 +63,11 @@ fn generate(tree: &Path) {
         return;
     }
     let _ = fs::remove_dir_all(tree);
-    eprintln!("generating {} files under {}", DIRS * PER_DIR, tree.display());
+    eprintln!(
+        "generating {} files under {}",
+        DIRS * PER_DIR,
+        tree.display()
+    );
     for n in 0..DIRS * PER_DIR {
         let p = path_of(tree, n);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -200,7 +209,12 @@ fn benches(c: &mut Criterion) {
             for _ in 0..iters {
                 let _ = fs::remove_dir_all(&copy);
                 let t = Instant::now();
-                let ok = Command::new("cp").arg("-a").arg(&tree).arg(&copy).status().unwrap();
+                let ok = Command::new("cp")
+                    .arg("-a")
+                    .arg(&tree)
+                    .arg(&copy)
+                    .status()
+                    .unwrap();
                 total += t.elapsed();
                 assert!(ok.success());
             }

@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 pub fn init(verbose: u8) {
     let default = match verbose {
         0 => "warn",
-        1 => "info,notify=warn",
+        1 => "info",
         2 => "warn,cairn=debug",
         _ => "debug,cairn=trace",
     };

@@ -21,13 +21,10 @@ impl DiffCommand {
         let objects = crate::timeline::objects::Objects::open(data.timeline().join("objects"))?;
         let mut out = std::io::stdout().lock();
         for change in store.changes(self.step)? {
-            if let Err(e) = diff::write(&mut out, &objects, &change) {
-                if e.downcast_ref::<std::io::Error>().map(|e| e.kind())
-                    == Some(std::io::ErrorKind::BrokenPipe)
-                {
-                    return Ok(());
-                }
-                return Err(Failure::Internal(e));
+            match diff::write(&mut out, &objects, &change) {
+                Err(e) if crate::error::is_broken_pipe(&e) => return Ok(()),
+                Err(e) => return Err(Failure::Internal(e)),
+                Ok(()) => {}
             }
         }
         let _ = out.flush();

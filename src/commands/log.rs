@@ -89,13 +89,9 @@ impl LogCommand {
             Ok(())
         };
         // A closed stdout (`cairn log | head`) is the reader's choice.
-        if let Err(e) = print() {
-            if e.downcast_ref::<std::io::Error>().map(|e| e.kind())
-                != Some(std::io::ErrorKind::BrokenPipe)
-            {
-                return Err(Failure::Internal(e));
-            }
+        match print() {
+            Err(e) if !crate::error::is_broken_pipe(&e) => Err(Failure::Internal(e)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }

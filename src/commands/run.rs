@@ -127,11 +127,11 @@ impl RunCommand {
             guest: guest.origin.clone(),
             failure,
             then: match undone.step {
-                Some(step) => format!(
+                Some(step) if undone.paths > 0 => format!(
                     "; rolled back {} path(s) (dispatch {}, step {step})",
                     undone.paths, outcome.dispatch.id
                 ),
-                None => format!("; nothing to roll back (dispatch {})", outcome.dispatch.id),
+                _ => format!("; it changed nothing (dispatch {})", outcome.dispatch.id),
             },
         })
     }

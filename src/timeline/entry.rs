@@ -93,9 +93,10 @@ pub struct Stat {
     pub racy: bool,
 }
 
-/// Kernel file timestamps come from a coarse clock (one tick, up to 10 ms);
-/// anything modified this close to a scan is re-read at the next one.
-const RACY_WINDOW: Duration = Duration::from_millis(50);
+/// Kernel file timestamps come from a coarse clock (one tick: 10 ms at
+/// HZ=100, less above); anything modified this close to a scan is re-read
+/// at the next one.
+const RACY_WINDOW: Duration = Duration::from_millis(20);
 
 impl Stat {
     pub fn of(meta: &Metadata, scanned_at: SystemTime) -> Stat {

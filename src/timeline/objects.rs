@@ -68,11 +68,29 @@ impl Objects {
     }
 
     fn put_copy(&self, mut file: File) -> Result<Content> {
+        // Most files are small: read whole, hash, and write only if the
+        // store lacks them (a re-read of an unchanged file writes nothing).
+        let mut head = Vec::with_capacity(CHUNK);
+        (&mut file)
+            .take(CHUNK as u64 + 1)
+            .read_to_end(&mut head)
+            .context("reading a file into the object store")?;
+        if head.len() <= CHUNK {
+            let content = Content::Copy(hex(&Sha256::digest(&head)));
+            if !self.path(&content).exists() {
+                let tmp = self.temp();
+                fs::write(&tmp, &head).with_context(|| format!("writing {}", tmp.display()))?;
+                self.settle(&tmp, &content)?;
+            }
+            return Ok(content);
+        }
         let tmp = self.temp();
         let mut out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; CHUNK];
         let copied = (|| -> io::Result<()> {
+            hasher.update(&head);
+            out.write_all(&head)?;
             loop {
                 let n = file.read(&mut buf)?;
                 if n == 0 {

@@ -1,37 +1,55 @@
 //! Dirty-path tracking, so a step boundary looks only at what changed.
 //!
-//! A recursive inotify watch (the `notify` crate) on the workspace collects
-//! the paths of every event. To know that every event caused before a
-//! boundary has arrived, the boundary writes a cookie file in a directory
-//! of the data dir watched by the same inotify instance: the kernel queues
-//! events in order, so once the cookie's event is read, everything before it
-//! has been too (git's fsmonitor and watchman use the same trick).
+//! One inotify instance watches every directory of the workspace for
+//! changes (create, delete, move, write, attribute change; never opens or
+//! reads, so walking or reading the tree adds no events) and a cookie
+//! directory in the data dir. A boundary writes a cookie file and reads
+//! events until the cookie's: the kernel queues events in order as the
+//! syscalls happen, so by then every change made before the boundary has
+//! been read (git's fsmonitor and watchman use the same barrier). Events are
+//! only read at boundaries; no thread runs in between.
 //!
-//! When the watcher cannot be set up (watch limit, unsupported filesystem),
-//! when the kernel's queue overflows, or when the cookie does not arrive in
-//! time, [`Watch::take`] answers "rescan" and the caller walks the tree.
+//! A directory created since the last boundary gets its watch when its
+//! event is read; what was written inside it before that is found because
+//! the scan walks every new directory whole. When the kernel's queue
+//! overflowed, a watch could not be added (the per-user limit), the cookie
+//! never came, or the workspace root itself moved, [`Watch::take`] answers
+//! "rescan" and the caller walks the tree.
+//!
+//! This uses the `inotify` crate directly rather than `notify`: `notify`
+//! always subscribes to open events, and a full walk (one open per
+//! directory) or a guest reading many files overflowed the queue, forcing
+//! the next boundary into a walk in turn.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use notify::{Config, Event, RecommendedWatcher, RecursiveMode, Watcher};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use super::entry::RelPath;
+use super::scan::join;
 
 /// How long a boundary waits for its cookie before falling back to a walk.
 const COOKIE_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Watch {
-    _watcher: RecommendedWatcher,
-    events: Receiver<notify::Result<Event>>,
+    inotify: Inotify,
+    /// Each watched directory, relative to the root (`b""` is the root).
+    dirs: HashMap<WatchDescriptor, RelPath>,
+    cookie_wd: WatchDescriptor,
     root: PathBuf,
     cookies: PathBuf,
     next_cookie: u64,
     dirty: BTreeSet<RelPath>,
     rescan: bool,
+    /// A watch could not be added: events may be missing from now on.
+    broken: bool,
+    buf: Vec<u8>,
 }
 
 /// What changed since the last [`Watch::take`].
@@ -40,97 +58,166 @@ pub enum Dirty {
     Rescan,
 }
 
+fn dir_mask() -> WatchMask {
+    WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MODIFY
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::ATTRIB
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::ONLYDIR
+        | WatchMask::DONT_FOLLOW
+        | WatchMask::EXCL_UNLINK
+}
+
 impl Watch {
-    /// Starts watching `root`; cookies go in `cookies` (outside the root).
+    /// Starts watching every directory under `root`; cookies go in
+    /// `cookies` (outside the root).
     pub fn start(root: &Path, cookies: &Path) -> Result<Watch> {
         std::fs::create_dir_all(cookies)
             .with_context(|| format!("creating {}", cookies.display()))?;
-        let (tx, events) = channel();
-        let mut watcher = RecommendedWatcher::new(
-            move |ev| {
-                let _ = tx.send(ev);
-            },
-            Config::default().with_follow_symlinks(false),
-        )
-        .context("starting a file watcher")?;
-        watcher
-            .watch(cookies, RecursiveMode::NonRecursive)
+        let inotify = Inotify::init().context("starting inotify")?;
+        let cookie_wd = inotify
+            .watches()
+            .add(cookies, WatchMask::CREATE | WatchMask::ONLYDIR)
             .with_context(|| format!("watching {}", cookies.display()))?;
-        watcher
-            .watch(root, RecursiveMode::Recursive)
-            .with_context(|| format!("watching {}", root.display()))?;
-        Ok(Watch {
-            _watcher: watcher,
-            events,
+        let mut w = Watch {
+            inotify,
+            dirs: HashMap::new(),
+            cookie_wd,
             root: root.to_path_buf(),
             cookies: cookies.to_path_buf(),
             next_cookie: 0,
             dirty: BTreeSet::new(),
             rescan: false,
-        })
+            broken: false,
+            buf: vec![0; 64 << 10],
+        };
+        w.add_tree(Vec::new())
+            .with_context(|| format!("watching {}", root.display()))?;
+        Ok(w)
+    }
+
+    /// Watches `dir` and every directory under it (symlinks not followed).
+    fn add_tree(&mut self, dir: RelPath) -> io::Result<()> {
+        let mut stack = vec![dir];
+        while let Some(dir) = stack.pop() {
+            let abs = self.root.join(OsStr::from_bytes(&dir));
+            match self.inotify.watches().add(&abs, dir_mask()) {
+                Ok(wd) => {
+                    self.dirs.insert(wd, dir.clone());
+                }
+                // Gone or replaced by a file meanwhile: its parent's events say so.
+                Err(e) if matches!(e.raw_os_error(), Some(2 | 20)) => continue,
+                Err(e) => return Err(e),
+            }
+            let Ok(listing) = std::fs::read_dir(&abs) else {
+                continue;
+            };
+            for item in listing.flatten() {
+                if item.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(join(&dir, item.file_name().as_bytes()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every path touched since the last call, once all events caused
-    /// before this call have arrived.
+    /// before this call have been read.
     pub fn take(&mut self) -> Dirty {
-        let cookie = self.cookies.join(format!("c{}", self.next_cookie));
+        let name = format!("c{}", self.next_cookie);
         self.next_cookie += 1;
+        let cookie = self.cookies.join(&name);
         if std::fs::write(&cookie, b"").is_err() {
             self.rescan = true;
         } else {
             let deadline = Instant::now() + COOKIE_WAIT;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.events.recv_timeout(left) {
-                    Ok(Ok(ev)) => {
-                        if self.absorb(ev, &cookie) {
-                            break;
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "file watcher error: rescanning");
-                        self.rescan = true;
-                    }
-                    Err(RecvTimeoutError::Timeout) => {
-                        tracing::debug!("file watcher cookie late: rescanning");
-                        self.rescan = true;
-                        break;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => {
-                        self.rescan = true;
-                        break;
-                    }
+            while !self.read_until_cookie(name.as_bytes()) {
+                if Instant::now() >= deadline {
+                    tracing::debug!("file watcher cookie late: rescanning");
+                    self.rescan = true;
+                    break;
                 }
+                std::thread::sleep(Duration::from_micros(200));
             }
             let _ = std::fs::remove_file(&cookie);
         }
         let dirty = std::mem::take(&mut self.dirty);
-        if std::mem::take(&mut self.rescan) {
+        if std::mem::take(&mut self.rescan) || self.broken {
             Dirty::Rescan
         } else {
             Dirty::Paths(dirty)
         }
     }
 
-    /// Records an event; true when it is `cookie`'s.
-    fn absorb(&mut self, ev: Event, cookie: &Path) -> bool {
-        if ev.need_rescan() {
-            self.rescan = true;
-        }
-        let mut is_cookie = false;
-        for path in ev.paths {
-            if path == cookie {
-                is_cookie = true;
-            } else if let Ok(rel) = path.strip_prefix(&self.root) {
-                let rel = rel.as_os_str().as_encoded_bytes();
-                if rel.is_empty() {
-                    // The root itself: moved, deleted or its mode changed.
+    /// Reads what is queued; true once `cookie`'s event was among it.
+    fn read_until_cookie(&mut self, cookie: &[u8]) -> bool {
+        let mut new_dirs = Vec::new();
+        let mut seen = false;
+        loop {
+            let events = match self.inotify.read_events(&mut self.buf) {
+                Ok(events) => events,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading file watcher events: rescanning");
                     self.rescan = true;
-                } else {
-                    self.dirty.insert(rel.to_vec());
+                    return true;
+                }
+            };
+            for ev in events {
+                if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                    self.rescan = true;
+                    continue;
+                }
+                if ev.wd == self.cookie_wd {
+                    seen |= ev.name.is_some_and(|n| n.as_bytes() == cookie);
+                    continue;
+                }
+                let Some(dir) = self.dirs.get(&ev.wd).cloned() else {
+                    continue;
+                };
+                if ev.mask.contains(EventMask::IGNORED) {
+                    self.dirs.remove(&ev.wd);
+                    continue;
+                }
+                match ev.name {
+                    Some(name) => {
+                        let rel = join(&dir, name.as_bytes());
+                        if ev.mask.contains(EventMask::ISDIR)
+                            && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
+                        {
+                            new_dirs.push(rel.clone());
+                        }
+                        self.dirty.insert(rel);
+                    }
+                    // The directory itself: its mode, or it went away.
+                    None if dir.is_empty() => {
+                        if ev
+                            .mask
+                            .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
+                        {
+                            self.rescan = true;
+                        }
+                    }
+                    None => {
+                        self.dirty.insert(dir);
+                    }
                 }
             }
+            if seen {
+                break;
+            }
         }
-        is_cookie
+        for dir in new_dirs {
+            if let Err(e) = self.add_tree(dir) {
+                tracing::info!(error = %e, "cannot watch a new directory: every boundary walks the workspace from now on");
+                self.broken = true;
+            }
+        }
+        seen
     }
 }

@@ -21,7 +21,12 @@ fn fingerprint(root: &Path) -> BTreeMap<Vec<u8>, String> {
     while let Some(dir) = stack.pop() {
         for e in fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             let m = fs::symlink_metadata(&p).unwrap();
             let mode = m.permissions().mode() & 0o7777;
             let what = if m.file_type().is_symlink() {
@@ -51,7 +56,11 @@ fn populate(ws: &Path) {
     // WASI cannot name a non-UTF-8 file, so a guest cannot list this
     // directory, let alone empty it; it is snapshotted all the same.
     fs::create_dir(ws.join("odd")).unwrap();
-    fs::write(ws.join(OsStr::from_bytes(b"odd/latin1-\xe9t\xe9")), [0u8, 159, 146, 150]).unwrap();
+    fs::write(
+        ws.join(OsStr::from_bytes(b"odd/latin1-\xe9t\xe9")),
+        [0u8, 159, 146, 150],
+    )
+    .unwrap();
     fs::create_dir(ws.join("empty")).unwrap();
     symlink("README.md", ws.join("readme-link")).unwrap();
     symlink("loop-b", ws.join("loop-a")).unwrap();
@@ -145,7 +154,11 @@ fn rolling_back_a_middle_step_keeps_later_work_and_refuses_conflicts() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!env.ws("f2").exists(), "step 2's file is gone");
     assert_eq!(fs::read_to_string(env.ws("f1")).unwrap(), "v1\n");
-    assert_eq!(fs::read_to_string(env.ws("f3")).unwrap(), "v3\n", "step 3 survives");
+    assert_eq!(
+        fs::read_to_string(env.ws("f3")).unwrap(),
+        "v3\n",
+        "step 3 survives"
+    );
     assert_eq!(fs::read_to_string(env.ws("shared")).unwrap(), "s1\n");
 }
 
@@ -235,7 +248,10 @@ fn diff_shows_text_changes_and_names_binary_files() {
     let env = Env::new();
     fs::write(env.ws("notes.txt"), "one\ntwo\n").unwrap();
     fs::write(env.ws("blob.bin"), [0u8, 1, 2]).unwrap();
-    let out = env.run(wat("writer.wat"), &["append notes.txt three\nappend blob.bin x"]);
+    let out = env.run(
+        wat("writer.wat"),
+        &["append notes.txt three\nappend blob.bin x"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let step = *steps(&env).last().unwrap();
     let out = env
@@ -245,9 +261,15 @@ fn diff_shows_text_changes_and_names_binary_files() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let diff = stdout(&out);
-    assert!(diff.contains("--- a/notes.txt\n+++ b/notes.txt\n"), "{diff}");
+    assert!(
+        diff.contains("--- a/notes.txt\n+++ b/notes.txt\n"),
+        "{diff}"
+    );
     assert!(diff.contains("\n two\n+three\n"), "{diff}");
-    assert!(diff.contains("Binary files a/blob.bin and b/blob.bin differ"), "{diff}");
+    assert!(
+        diff.contains("Binary files a/blob.bin and b/blob.bin differ"),
+        "{diff}"
+    );
 
     let out = env.cairn().args(["diff", "999999"]).output().unwrap();
     crate::assert_one_line_error(&out, 2, &["no step 999999"]);
@@ -308,7 +330,10 @@ fn a_commit_and_a_branch_move_during_a_failed_dispatch_are_undone() {
     assert_eq!(state(ws), before);
     assert_eq!(fs::read_to_string(ws.join("tracked.txt")).unwrap(), "v1\n");
     // Ignored files are not the timeline's to touch.
-    assert_eq!(fs::read_to_string(ws.join("build/out.o")).unwrap(), "rebuilt\n");
+    assert_eq!(
+        fs::read_to_string(ws.join("build/out.o")).unwrap(),
+        "rebuilt\n"
+    );
     let log = log(&env);
     assert!(!log.contains("build/out.o"), "{log}");
 }
@@ -316,7 +341,10 @@ fn a_commit_and_a_branch_move_during_a_failed_dispatch_are_undone() {
 fn wait_for(mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
