@@ -1,6 +1,6 @@
 #!/bin/sh
 # Runs every benchmark and prints the medians the README quotes.
-#   benches/run.sh            (about 2 minutes)
+#   benches/run.sh            (about 8 minutes)
 set -eu
 cd "$(dirname "$0")/.."
 cargo bench --bench dispatch -- --noplot >/dev/null
@@ -12,3 +12,6 @@ for f in target/criterion/*/*/new/estimates.json; do
     awk -v n="$name" -v ns="$ns" 'BEGIN { if (ns >= 1e6) printf "  %-60s %10.2f ms\n", n, ns/1e6; else printf "  %-60s %10.2f us\n", n, ns/1e3 }'
 done
 cargo bench --bench concurrency 2>/dev/null
+# The timeline on 100,000 files beside cp -a and a shadow git commit
+# (about 6 minutes; generates ~500 MB under target/timeline-bench once).
+cargo bench --bench timeline -- --noplot 2>&1 | grep -E '^(first|store|boundary by)|^[a-z]+/|time:'
