@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use cairn::data_dir::DataDir;
 use cairn::timeline::{Opener, Target, Timeline};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 
 const DIRS: usize = 1000;
 const PER_DIR: usize = 100;
@@ -198,7 +198,9 @@ fn benches(c: &mut Criterion) {
         change_ten(&tree, round);
         std::thread::sleep(Duration::from_millis(100));
         let t = Instant::now();
-        let a = cold.begin(&format!("bench-walk-{what}"), "bench", "job:bench").unwrap();
+        let a = cold
+            .begin(&format!("bench-walk-{what}"), "bench", "job:bench")
+            .unwrap();
         eprintln!(
             "boundary by walking the tree (stat cache, no watcher), 10 changed, {what}: {:.1} ms",
             t.elapsed().as_secs_f64() * 1e3
@@ -208,7 +210,10 @@ fn benches(c: &mut Criterion) {
 
     // Baselines.
     let mut g = c.benchmark_group("baseline");
-    g.sample_size(10).warm_up_time(Duration::from_millis(1));
+    // Flat sampling: one iteration per sample, not 1..10 (a copy takes seconds).
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1));
     let copy = root.join("copy");
     g.bench_function("cp-a", |b| {
         b.iter_custom(|iters| {
