@@ -103,7 +103,12 @@ impl EpochTicker {
             .name("cairn-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
+                    // Parked rather than slept, so a stop wakes it at once
+                    // instead of holding the process's exit for a tick.
+                    std::thread::park_timeout(EPOCH_TICK);
+                    if flag.load(Ordering::Relaxed) {
+                        break;
+                    }
                     match engine.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => break,
@@ -122,6 +127,7 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }

@@ -92,6 +92,12 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // A short-lived `cairn run` would otherwise checkpoint (and fsync)
+        // on every exit; the WAL is checkpointed as it grows instead.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
         let mut store = Store { conn };
         store
             .migrate()

@@ -44,6 +44,12 @@ use objects::Objects;
 use scan::{Found, Scanner};
 use watch::{Dirty, Watch};
 
+/// Below this many recorded paths a walk is cheaper than a watcher: a walk
+/// of 2,000 paths takes about 10 ms, and closing an inotify instance costs
+/// the kernel an RCU grace period (about 15 ms here) that a short-lived
+/// `cairn run` would pay on exit.
+const WATCH_MIN_ENTRIES: usize = 2000;
+
 /// What opened a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opener {
@@ -150,13 +156,15 @@ pub struct Timeline {
 
 impl Timeline {
     /// Opens `workspace` (canonical) for writing: waits for its lock,
-    /// starts the watcher (if `watch`), and finishes unfinished work.
+    /// starts the watcher (if `watch` and the workspace is large enough to
+    /// gain from it), and finishes unfinished work.
     pub fn open(data: &DataDir, workspace: &Path, watch: bool) -> Result<Timeline> {
         let store = Store::open(&data.store())?;
         let objects = Objects::open(data.timeline().join("objects"))?;
         let ws = store.workspace_id(workspace.as_os_str().as_encoded_bytes())?;
         let lock = lock_workspace(&data.timeline(), ws, workspace)?;
-        let watch = if watch {
+        let index = store.load_entries(ws)?;
+        let watch = if watch && index.len() >= WATCH_MIN_ENTRIES {
             let cookies = data
                 .timeline()
                 .join("cookies")
@@ -171,7 +179,6 @@ impl Timeline {
         } else {
             None
         };
-        let index = store.load_entries(ws)?;
         let pause = std::env::var("CAIRN_RESTORE_PAUSE_MS")
             .ok()
             .and_then(|v| v.parse().ok())

@@ -477,3 +477,38 @@ fn gc_forgets_old_dispatches_and_frees_their_objects() {
         .unwrap();
     crate::assert_one_line_error(&out, 2, &["soon"]);
 }
+
+#[test]
+fn a_large_workspace_uses_the_watcher_and_misses_nothing() {
+    // Above 2,000 recorded paths the end boundary reads inotify events
+    // instead of walking: changes by another process during the step, in
+    // new nested directories and in old files, must all be rolled back.
+    let env = Env::new();
+    for d in 0..30 {
+        fs::create_dir(env.ws(&format!("d{d}"))).unwrap();
+        for f in 0..80 {
+            fs::write(env.ws(&format!("d{d}/f{f}")), format!("{d}/{f}\n")).unwrap();
+        }
+    }
+    // The first dispatch records the tree (and the watcher's threshold).
+    assert!(env.run("echo", &[]).status.success());
+    let before = fingerprint(env.workspace.path());
+    let child = env
+        .cairn()
+        .args(["run", "--timeout", "3", "--workspace"])
+        .arg(env.workspace.path())
+        .arg(wat("writer.wat"))
+        .arg("write marker x\nwait")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(|| env.ws("marker").exists());
+    fs::create_dir_all(env.ws("new/deep/er")).unwrap();
+    fs::write(env.ws("new/deep/er/file"), "made during the step\n").unwrap();
+    fs::write(env.ws("d3/f7"), "changed during the step\n").unwrap();
+    fs::remove_file(env.ws("d9/f1")).unwrap();
+    fs::rename(env.ws("d12"), env.ws("d12-moved")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert_eq!(fingerprint(env.workspace.path()), before);
+}
