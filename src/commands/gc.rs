@@ -77,11 +77,9 @@ fn hold_all_locks(
     data: &crate::data_dir::DataDir,
     store: &crate::store::Store,
 ) -> anyhow::Result<Option<Vec<std::fs::File>>> {
-    let dir = data.timeline().join("locks");
-    std::fs::create_dir_all(&dir)?;
     let mut held = Vec::new();
     for (id, _) in store.workspaces()? {
-        let f = std::fs::File::create(dir.join(format!("{id}.lock")))?;
+        let f = crate::timeline::lock_file(data, id)?;
         match f.try_lock() {
             Ok(()) => held.push(f),
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),

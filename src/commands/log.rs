@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::commands::{Global, open_store};
 use crate::error::Failure;
-use crate::timeline::entry::{ChangeKind, display};
+use crate::timeline::entry::display;
 
 #[derive(clap::Args)]
 pub struct LogCommand {
@@ -79,9 +79,7 @@ impl LogCommand {
                         changes.len()
                     )?;
                     for c in &changes {
-                        let kind = ChangeKind::of(c.before.as_ref(), c.after.as_ref())
-                            .unwrap_or(ChangeKind::Modified);
-                        writeln!(out, "    {} {}", kind.letter(), display(&c.path))?;
+                        writeln!(out, "    {} {}", c.kind().letter(), display(&c.path))?;
                     }
                 }
             }

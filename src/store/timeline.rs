@@ -37,7 +37,6 @@ pub struct StepRow {
 #[derive(Clone, Debug)]
 pub struct JournalRow {
     pub id: i64,
-    pub workspace: i64,
     pub op: String,
 }
 
@@ -124,12 +123,11 @@ impl Store {
     pub fn journal(&self, ws: i64) -> Result<Vec<JournalRow>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, workspace, op FROM journal WHERE workspace = ?1 ORDER BY id")?;
+            .prepare("SELECT id, op FROM journal WHERE workspace = ?1 ORDER BY id")?;
         let rows = stmt.query_map([ws], |r| {
             Ok(JournalRow {
                 id: r.get(0)?,
-                workspace: r.get(1)?,
-                op: r.get(2)?,
+                op: r.get(1)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -364,8 +362,15 @@ impl Tx<'_> {
     }
 
     /// Closes a step with what it changed, and moves the workspace's
-    /// entries to the new state.
-    pub fn close_step(&mut self, ws: i64, step: i64, changes: &[Change]) -> Result<()> {
+    /// entries to the new state; `restat` are entries whose stat fields
+    /// moved though their state did not.
+    pub fn close_step(
+        &mut self,
+        ws: i64,
+        step: i64,
+        changes: &[Change],
+        restat: &[(RelPath, Entry)],
+    ) -> Result<()> {
         self.tx.execute(
             "UPDATE steps SET ended_at = ?2 WHERE id = ?1",
             params![step, now_ms()],
@@ -382,11 +387,12 @@ impl Tx<'_> {
             ])?;
         }
         drop(insert);
-        self.set_entries(ws, changes.iter().map(|c| (&c.path, c.after.as_ref())))
+        self.set_entries(ws, changes.iter().map(|c| (&c.path, c.after.as_ref())))?;
+        self.set_entries(ws, restat.iter().map(|(p, e)| (p, Some(e))))
     }
 
-    /// Records entries whose stat fields moved though their state did not
-    /// (a racy entry confirmed, a file rewritten identically).
+    /// Moves the workspace's entries of these paths to these states (None:
+    /// the path is no longer covered).
     pub fn set_entries<'p>(
         &mut self,
         ws: i64,

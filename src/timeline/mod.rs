@@ -162,7 +162,7 @@ impl Timeline {
         let store = Store::open(&data.store())?;
         let objects = Objects::open(data.timeline().join("objects"))?;
         let ws = store.workspace_id(workspace.as_os_str().as_encoded_bytes())?;
-        let lock = lock_workspace(&data.timeline(), ws, workspace)?;
+        let lock = lock_workspace(data, ws, workspace)?;
         let index = store.load_entries(ws)?;
         let watch = if watch && index.len() >= WATCH_MIN_ENTRIES {
             let cookies = data
@@ -203,29 +203,13 @@ impl Timeline {
         &self.store
     }
 
-    pub fn objects(&self) -> &Objects {
-        &self.objects
-    }
-
-    /// The workspace's recorded entries as of the last boundary.
-    pub fn entries(&self) -> &BTreeMap<RelPath, Entry> {
-        &self.index
-    }
-
     /// Starts a dispatch: records changes made outside cairn since the last
     /// boundary, then the dispatch and its first step.
     pub fn begin(&mut self, id: &str, guest: &str, kind: &str) -> Result<Active> {
         let found = self.sync()?;
         let ws = self.ws;
-        let outside = uuid::Uuid::now_v7().to_string();
         let step = self.store.write(|tx| {
-            if !found.changes.is_empty() {
-                tx.insert_dispatch(&outside, ws, "-", "outside", "recorded")?;
-                let s = tx.open_step(&outside, 0, Opener::Outside.as_str(), None)?;
-                tx.close_step(ws, s, &found.changes)?;
-                tx.end_dispatch(&outside, "recorded", None)?;
-            }
-            tx.set_entries(ws, found.restat.iter().map(|(p, e)| (p, Some(e))))?;
+            record_outside(tx, ws, &found)?;
             tx.insert_dispatch(id, ws, guest, kind, "running")?;
             tx.open_step(id, 0, Opener::Start.as_str(), None)
         })?;
@@ -249,8 +233,7 @@ impl Timeline {
         let ws = self.ws;
         let (closing, next) = (active.step, active.idx + 1);
         let step = self.store.write(|tx| {
-            tx.close_step(ws, closing, &found.changes)?;
-            tx.set_entries(ws, found.restat.iter().map(|(p, e)| (p, Some(e))))?;
+            tx.close_step(ws, closing, &found.changes, &found.restat)?;
             tx.open_step(&active.id, next, opener.as_str(), detail)
         })?;
         self.absorb(&found);
@@ -271,8 +254,7 @@ impl Timeline {
         let ws = self.ws;
         let ok = outcome.is_ok();
         self.store.write(|tx| {
-            tx.close_step(ws, active.step, &found.changes)?;
-            tx.set_entries(ws, found.restat.iter().map(|(p, e)| (p, Some(e))))?;
+            tx.close_step(ws, active.step, &found.changes, &found.restat)?;
             if ok {
                 tx.end_dispatch(&active.id, "ok", None)?;
             }
@@ -295,16 +277,7 @@ impl Timeline {
     pub fn rollback(&mut self, target: &Target, force: bool) -> Result<Undone> {
         let found = self.sync()?;
         let ws = self.ws;
-        let outside = uuid::Uuid::now_v7().to_string();
-        self.store.write(|tx| {
-            if !found.changes.is_empty() {
-                tx.insert_dispatch(&outside, ws, "-", "outside", "recorded")?;
-                let s = tx.open_step(&outside, 0, Opener::Outside.as_str(), None)?;
-                tx.close_step(ws, s, &found.changes)?;
-                tx.end_dispatch(&outside, "recorded", None)?;
-            }
-            tx.set_entries(ws, found.restat.iter().map(|(p, e)| (p, Some(e))))
-        })?;
+        self.store.write(|tx| record_outside(tx, ws, &found))?;
         self.absorb(&found);
 
         let what = match target {
@@ -428,8 +401,7 @@ impl Timeline {
         let found = self.scanner.refresh(paths, &self.index, &self.objects)?;
         let ws = self.ws;
         self.store.write(|tx| {
-            tx.close_step(ws, op.step, &found.changes)?;
-            tx.set_entries(ws, found.restat.iter().map(|(p, e)| (p, Some(e))))?;
+            tx.close_step(ws, op.step, &found.changes, &found.restat)?;
             tx.delete_journal(journal)?;
             if let Some(status) = &op.status {
                 tx.end_dispatch(&op.dispatch, status, op.detail.as_deref())?;
@@ -468,8 +440,7 @@ impl Timeline {
                 } else {
                     open
                 };
-                tx.close_step(ws, open, &found.changes)?;
-                tx.set_entries(ws, found.restat.iter().map(|(p, e)| (p, Some(e))))?;
+                tx.close_step(ws, open, &found.changes, &found.restat)?;
                 Ok(open)
             })?;
             self.absorb(&found);
@@ -531,6 +502,19 @@ impl Timeline {
     }
 }
 
+/// Records what a sync found between dispatches: its changes as an
+/// `outside` dispatch of their own (if any), its restats as entries.
+fn record_outside(tx: &mut crate::store::timeline::Tx, ws: i64, found: &Found) -> Result<()> {
+    if found.changes.is_empty() {
+        return tx.set_entries(ws, found.restat.iter().map(|(p, e)| (p, Some(e))));
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    tx.insert_dispatch(&id, ws, "-", "outside", "recorded")?;
+    let step = tx.open_step(&id, 0, Opener::Outside.as_str(), None)?;
+    tx.close_step(ws, step, &found.changes, &found.restat)?;
+    tx.end_dispatch(&id, "recorded", None)
+}
+
 fn same(a: Option<&Entry>, b: Option<&Entry>) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -541,11 +525,9 @@ fn same(a: Option<&Entry>, b: Option<&Entry>) -> bool {
 
 /// One writer per workspace: an advisory lock held as long as the timeline
 /// is open. A second cairn on the same workspace waits for it.
-fn lock_workspace(timeline: &Path, ws: i64, workspace: &Path) -> Result<File> {
-    let dir: PathBuf = timeline.join("locks");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("{ws}.lock"));
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+fn lock_workspace(data: &DataDir, ws: i64, workspace: &Path) -> Result<File> {
+    let file = lock_file(data, ws)?;
+    let path = lock_path(data, ws);
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -560,12 +542,23 @@ fn lock_workspace(timeline: &Path, ws: i64, workspace: &Path) -> Result<File> {
     Ok(file)
 }
 
+fn lock_path(data: &DataDir, ws: i64) -> PathBuf {
+    data.timeline().join("locks").join(format!("{ws}.lock"))
+}
+
+/// The file whose advisory lock stands for workspace `ws` (not locked yet).
+pub fn lock_file(data: &DataDir, ws: i64) -> Result<File> {
+    let path = lock_path(data, ws);
+    let dir = path.parent().expect("a lock lives in the locks directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    File::create(&path).with_context(|| format!("creating {}", path.display()))
+}
+
 /// Finishes work a stopped cairn left (a journaled restore, a dispatch
 /// still marked running) in every workspace no live process is using.
 pub fn recover_idle(data: &DataDir, store: &Store) -> Result<()> {
     for ws in store.unfinished_workspaces()? {
-        let path = data.timeline().join("locks").join(format!("{ws}.lock"));
-        let in_use = File::open(&path)
+        let in_use = File::open(lock_path(data, ws))
             .map(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
             .unwrap_or(false);
         let root = store.workspace_path(ws)?;

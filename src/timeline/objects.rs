@@ -87,24 +87,18 @@ impl Objects {
         let tmp = self.temp();
         let mut out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let copied = (|| -> io::Result<()> {
-            hasher.update(&head);
-            out.write_all(&head)?;
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])?;
-            }
-        })();
+        hasher.update(&head);
+        let copied = out
+            .write_all(&head)
+            .and_then(|()| copy_hashing(&mut file, &mut out, hasher));
         drop(out);
-        if let Err(e) = copied {
-            let _ = fs::remove_file(&tmp);
-            return Err(e).context("copying a file into the object store");
-        }
+        let hasher = match copied {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e).context("copying a file into the object store");
+            }
+        };
         let content = Content::Copy(hex(&hasher.finalize()));
         self.settle(&tmp, &content)?;
         Ok(content)
@@ -190,17 +184,8 @@ impl Objects {
                     .with_context(|| format!("object {hash} is missing from the store"))?;
                 let mut out =
                     File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-                let mut hasher = Sha256::new();
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    let n = input.read(&mut buf).context("reading an object")?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    out.write_all(&buf[..n])
-                        .with_context(|| format!("writing {}", dest.display()))?;
-                }
+                let hasher = copy_hashing(&mut input, &mut out, Sha256::new())
+                    .with_context(|| format!("restoring {}", dest.display()))?;
                 if hex(&hasher.finalize()) != *hash {
                     drop(out);
                     let _ = fs::remove_file(dest);
@@ -263,6 +248,23 @@ impl Objects {
             }
         }
         Ok((count, bytes))
+    }
+}
+
+/// Copies `input` to `out` in chunks, feeding `hasher` on the way.
+fn copy_hashing(
+    input: &mut impl Read,
+    out: &mut impl Write,
+    mut hasher: Sha256,
+) -> io::Result<Sha256> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher);
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
     }
 }
 

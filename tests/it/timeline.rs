@@ -69,6 +69,16 @@ fn populate(ws: &Path) {
     fs::write(ws.join("big.bin"), vec![7u8; 3 << 20]).unwrap();
 }
 
+/// `cairn rollback <target> <extra…>`.
+fn rollback(env: &Env, target: &str, extra: &[&str]) -> std::process::Output {
+    env.cairn()
+        .arg("rollback")
+        .arg(target)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn log(env: &Env) -> String {
     let out = env.cairn().arg("log").output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -123,7 +133,7 @@ fn a_rogue_guest_that_succeeds_is_kept_and_can_be_undone() {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap()
         .to_string();
-    let out = env.cairn().args(["rollback", &id]).output().unwrap();
+    let out = rollback(&env, &id, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fingerprint(env.workspace.path()), before);
 }
@@ -141,7 +151,7 @@ fn rolling_back_a_middle_step_keeps_later_work_and_refuses_conflicts() {
     let middle = s[1].to_string();
 
     // `shared` was changed again by step 3: refused, nothing touched.
-    let out = env.cairn().args(["rollback", &middle]).output().unwrap();
+    let out = rollback(&env, &middle, &[]);
     assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("shared") && err.contains("--force"), "{err}");
@@ -150,7 +160,7 @@ fn rolling_back_a_middle_step_keeps_later_work_and_refuses_conflicts() {
 
     // Make the conflict go away by undoing step 3's `shared` by hand.
     fs::write(env.ws("shared"), "s2\n").unwrap();
-    let out = env.cairn().args(["rollback", &middle]).output().unwrap();
+    let out = rollback(&env, &middle, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!env.ws("f2").exists(), "step 2's file is gone");
     assert_eq!(fs::read_to_string(env.ws("f1")).unwrap(), "v1\n");
@@ -169,19 +179,11 @@ fn force_overwrites_a_conflict_and_a_rollback_can_be_undone() {
         assert!(env.run(wat("writer.wat"), &[script]).status.success());
     }
     let first = steps(&env)[0].to_string();
-    let out = env
-        .cairn()
-        .args(["rollback", &first, "--force"])
-        .output()
-        .unwrap();
+    let out = rollback(&env, &first, &["--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!env.ws("a").exists());
     let undo = *steps(&env).last().unwrap();
-    let out = env
-        .cairn()
-        .args(["rollback", &undo.to_string()])
-        .output()
-        .unwrap();
+    let out = rollback(&env, &undo.to_string(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fs::read_to_string(env.ws("a")).unwrap(), "two\n");
 }
@@ -196,21 +198,13 @@ fn a_file_replaced_by_a_directory_and_back() {
     assert!(env.ws("f").is_dir());
     let step = *steps(&env).last().unwrap();
 
-    let out = env
-        .cairn()
-        .args(["rollback", &step.to_string()])
-        .output()
-        .unwrap();
+    let out = rollback(&env, &step.to_string(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fingerprint(env.workspace.path()), before);
 
     // And back again: undo the rollback.
     let undo = *steps(&env).last().unwrap();
-    let out = env
-        .cairn()
-        .args(["rollback", &undo.to_string()])
-        .output()
-        .unwrap();
+    let out = rollback(&env, &undo.to_string(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fs::read_to_string(env.ws("f/inner")).unwrap(), "x\n");
 }
@@ -230,15 +224,11 @@ fn a_non_utf8_name_changed_outside_cairn_can_be_undone_and_redone() {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap()
         .to_string();
-    let out = env.cairn().args(["rollback", &outside]).output().unwrap();
+    let out = rollback(&env, &outside, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!env.workspace.path().join(name).exists());
     let undo = *steps(&env).last().unwrap();
-    let out = env
-        .cairn()
-        .args(["rollback", &undo.to_string()])
-        .output()
-        .unwrap();
+    let out = rollback(&env, &undo.to_string(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fingerprint(env.workspace.path()), before);
 }
