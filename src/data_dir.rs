@@ -35,6 +35,11 @@ impl DataDir {
         self.root.join("cairn.db")
     }
 
+    /// Cached guest images: blobs, and the cache's lock.
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
     /// The timeline's objects, workspace locks and watcher cookies.
     pub fn timeline(&self) -> PathBuf {
         self.root.join("timeline")

@@ -11,6 +11,9 @@ pub enum Failure {
     /// The guest could not be loaded: nothing ran.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A guest image could not be pushed, pulled or found: nothing ran.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     /// The guest ran and failed; `then` says what the timeline did about
     /// it (`; rolled back …`), or is empty.
     #[error("{guest}: {failure}{then}")]
@@ -45,7 +48,7 @@ impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
             Failure::Usage(_) => exit::USAGE,
-            Failure::Load(_) => exit::LOAD,
+            Failure::Load(_) | Failure::Image(_) => exit::LOAD,
             Failure::Internal(_) => exit::INTERNAL,
             Failure::Conflict(_) => exit::CONFLICT,
             Failure::Guest { failure, .. } => match failure {

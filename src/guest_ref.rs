@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+use crate::image::ImageRef;
 use crate::sandbox::GuestSource;
 
 /// A guest compiled into the cairn binary, as WAT text.
@@ -25,8 +26,9 @@ pub const BUNDLED: &[Bundled] = &[Bundled {
 pub enum GuestRef {
     File(PathBuf),
     Bundled(&'static str),
-    /// `registry/repo:tag` or `registry/repo@sha256:…`.
-    Image(String),
+    /// `registry/repo:tag` or `registry/repo@sha256:…`, resolved through
+    /// the image cache ([`crate::image`]).
+    Image(ImageRef),
 }
 
 impl GuestRef {
@@ -46,7 +48,7 @@ impl GuestRef {
             return Ok(GuestRef::File(path.to_path_buf()));
         }
         if looks_like_image(s) {
-            return Ok(GuestRef::Image(s.to_string()));
+            return ImageRef::parse(s).map(GuestRef::Image);
         }
         let names: Vec<&str> = BUNDLED.iter().map(|b| b.name).collect();
         Err(format!(
@@ -55,7 +57,8 @@ impl GuestRef {
         ))
     }
 
-    /// The guest's bytes and how to name it.
+    /// The guest's bytes and how to name it, for a file or a bundled guest
+    /// (an image is resolved through [`crate::image::Images`]).
     pub fn source(&self) -> Result<GuestSource<'_>, String> {
         match self {
             GuestRef::Bundled(name) => {
@@ -81,10 +84,7 @@ impl GuestRef {
                     path: Some(path),
                 })
             }
-            GuestRef::Image(reference) => Err(format!(
-                "{reference}: pulling guest images from a registry is not supported by this version of cairn; \
-                 pass a .wasm or .wat file"
-            )),
+            GuestRef::Image(reference) => Err(format!("{reference}: an image, not a file")),
         }
     }
 }
@@ -125,7 +125,9 @@ mod tests {
         );
         assert_eq!(
             GuestRef::parse("ghcr.io/acme/coder:1"),
-            Ok(GuestRef::Image("ghcr.io/acme/coder:1".into()))
+            Ok(GuestRef::Image(
+                ImageRef::parse("ghcr.io/acme/coder:1").unwrap()
+            ))
         );
         assert!(
             GuestRef::parse("nosuchguest")

@@ -22,6 +22,7 @@ pub mod data_dir;
 pub mod dispatch;
 pub mod error;
 pub mod guest_ref;
+pub mod image;
 pub mod invoke;
 pub mod logging;
 pub mod sandbox;

@@ -20,6 +20,9 @@ fn main() -> ExitCode {
         Command::Diff(cmd) => cmd.execute(&cli.global),
         Command::Rollback(cmd) => cmd.execute(&cli.global),
         Command::Gc(cmd) => cmd.execute(&cli.global),
+        Command::Push(cmd) => cmd.execute(&cli.global),
+        Command::Pull(cmd) => cmd.execute(&cli.global),
+        Command::Images(cmd) => cmd.execute(&cli.global),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

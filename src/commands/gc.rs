@@ -1,6 +1,7 @@
 //! `cairn gc [--keep N] [--older-than D]`: forgets old dispatches, and
 //! workspaces that no longer exist, then deletes the objects nothing refers
-//! to any more. Reports the space freed.
+//! to any more, and the image blobs no cached image names; `--images`
+//! forgets cached guest images first. Reports the space freed.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use crate::commands::{Global, open_store};
 use crate::error::Failure;
+use crate::image::Images;
 use crate::store::now_ms;
 use crate::timeline::objects::Objects;
 
@@ -20,6 +22,9 @@ pub struct GcCommand {
     /// Forget dispatches started longer ago than this (e.g. 30d, 12h, 90m)
     #[arg(long, value_name = "AGE", value_parser = parse_age)]
     pub older_than: Option<Duration>,
+    /// Also forget cached guest images (with --older-than, those not used within AGE)
+    #[arg(long)]
+    pub images: bool,
 }
 
 impl GcCommand {
@@ -61,12 +66,23 @@ impl GcCommand {
                 (0, 0)
             }
         };
+        // Image blobs no cached image names (left by a forgotten image or a
+        // stopped pull) go on every gc; `--images` forgets images first.
+        let forget = self.images.then(|| before.unwrap_or(i64::MAX));
+        let pruned = Images::open(&data)?.prune(&data, forget)?;
+        if !pruned.swept {
+            eprintln!("cairn: the image cache is in use: blobs were not swept; run gc again later");
+        }
         store.vacuum()?;
         println!(
-            "gc: forgot {} dispatch(es) and {} missing workspace(s); deleted {objects} object(s), freed {}",
+            "gc: forgot {} dispatch(es) and {} missing workspace(s); deleted {objects} object(s), freed {}; \
+             forgot {} image(s), deleted {} image blob(s), freed {}",
             drop_ids.len(),
             gone.len(),
-            human_bytes(bytes)
+            human_bytes(bytes),
+            pruned.forgotten,
+            pruned.files,
+            human_bytes(pruned.bytes)
         );
         Ok(())
     }
@@ -105,7 +121,7 @@ fn parse_age(s: &str) -> Result<Duration, String> {
     n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
 }
 
-fn human_bytes(b: u64) -> String {
+pub fn human_bytes(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),

@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 
 pub mod diff;
 pub mod gc;
+pub mod images;
 pub mod log;
+pub mod pull;
+pub mod push;
 pub mod rollback;
 pub mod run;
 
@@ -51,6 +54,12 @@ pub enum Command {
     Rollback(rollback::RollbackCommand),
     /// Forget old dispatches and delete objects nothing refers to
     Gc(gc::GcCommand),
+    /// Push a guest to an OCI registry as a wasm artifact; prints its digest
+    Push(push::PushCommand),
+    /// Pull a guest image into the cache; prints its digest
+    Pull(pull::PullCommand),
+    /// List the guest images in the cache
+    Images(images::ImagesCommand),
 }
 
 /// The data directory and its store, after finishing whatever a stopped
@@ -60,6 +69,16 @@ pub fn open_store(global: &Global) -> Result<(DataDir, Store), Failure> {
     let store = Store::open(&data.store())?;
     crate::timeline::recover_idle(&data, &store)?;
     Ok((data, store))
+}
+
+/// Runs a future to completion on a runtime of its own: the commands that
+/// talk to a registry are otherwise synchronous.
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Internal(anyhow::Error::from(e).context("starting the runtime")))?;
+    Ok(runtime.block_on(f))
 }
 
 /// A store timestamp (ms since the epoch) as `YYYY-MM-DD HH:MM:SS` UTC.

@@ -13,8 +13,9 @@ use crate::data_dir::DataDir;
 use crate::dispatch::{Dispatch, Kind};
 use crate::error::Failure;
 use crate::guest_ref::{GuestRef, io_reason};
+use crate::image::{self, ImageRef, Images, PullPolicy, Resolved};
 use crate::invoke;
-use crate::sandbox::{DefaultLimits, Limits, Sandbox, SandboxConfig};
+use crate::sandbox::{DefaultLimits, GuestSource, Limits, Sandbox, SandboxConfig};
 use crate::timeline::{RollbackPolicy, Timeline};
 
 /// The largest prompt read from stdin with `-`.
@@ -27,7 +28,7 @@ const MAX_STDIN_PROMPT: u64 = 16 << 20;
 7 memory cap exceeded, 8 output cap exceeded"
 )]
 pub struct RunCommand {
-    /// The guest: a .wasm or .wat file, or a bundled guest's name (echo)
+    /// The guest: a .wasm or .wat file, a bundled guest's name (echo), or an image (registry/repo:tag, registry/repo@sha256:…)
     pub guest: String,
     /// The prompt; `-` reads it from stdin
     pub prompt: Option<String>,
@@ -49,6 +50,12 @@ pub struct RunCommand {
     /// Print the whole outcome (dispatch, events, reply, status) as JSON
     #[arg(long)]
     pub json: bool,
+    /// For an image reference: when to ask the registry
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+    /// Allow plain HTTP to the image's registry (always allowed for localhost)
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl RunCommand {
@@ -60,7 +67,23 @@ impl RunCommand {
             .map_err(|e| Failure::Usage(format!("{e:#}")))?;
         let prompt = self.read_prompt()?;
         let guest_ref = GuestRef::parse(&self.guest).map_err(Failure::Usage)?;
-        let source = guest_ref.source().map_err(Failure::Usage)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                Failure::Internal(anyhow::Error::from(e).context("starting the runtime"))
+            })?;
+        let (source, image) = match &guest_ref {
+            GuestRef::Image(r) => {
+                let opts = image::Options {
+                    insecure: self.insecure,
+                };
+                let (source, resolved) =
+                    runtime.block_on(image_source(&data, r, self.pull, opts))?;
+                (source, Some(resolved))
+            }
+            other => (other.source().map_err(Failure::Usage)?, None),
+        };
 
         let sandbox = Sandbox::new(&SandboxConfig {
             code_dir: data.code(),
@@ -77,12 +100,6 @@ impl RunCommand {
         // rolled back if the guest fails.
         let mut timeline = Timeline::open(&data, workspace.path(), true)?;
         let active = timeline.begin(&dispatch.id, &guest.origin, dispatch.kind.as_str())?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                Failure::Internal(anyhow::Error::from(e).context("starting the runtime"))
-            })?;
         let outcome = runtime.block_on(invoke::dispatch(
             &sandbox,
             &guest,
@@ -110,6 +127,13 @@ impl RunCommand {
             let json = serde_json::json!({
                 "dispatch": outcome.dispatch,
                 "guest": { "origin": guest.origin, "sha256": guest.sha256, "shape": format!("{:?}", guest.shape).to_lowercase() },
+                "image": image.as_ref().map(|i| serde_json::json!({
+                    "reference": i.image.reference(),
+                    "digest": i.image.digest,
+                    "layer": i.image.layer,
+                    "from_cache": i.from_cache,
+                    "transferred": i.transferred,
+                })),
                 "status": status,
                 "reply": outcome.reply,
                 "elapsed_ms": outcome.elapsed.as_secs_f64() * 1e3,
@@ -156,6 +180,45 @@ impl RunCommand {
             Some(text) => Ok(text.to_string()),
         }
     }
+}
+
+/// An image's guest: from the cache, or pulled now. Says on stderr which,
+/// and the digest the reference resolved to (which the dispatch records as
+/// its guest's origin).
+async fn image_source(
+    data: &DataDir,
+    r: &ImageRef,
+    policy: PullPolicy,
+    opts: image::Options,
+) -> Result<(GuestSource<'static>, Resolved), Failure> {
+    let mut images = Images::open(data)?;
+    let resolved = images.resolve(r, policy, opts).await?;
+    let bytes = images.load(r, &resolved.image)?;
+    let digest = &resolved.image.digest;
+    match (&resolved.fallback, resolved.from_cache) {
+        (Some(why), _) => eprintln!("cairn: {r}: {why}; using the cached {digest}"),
+        (None, true) => eprintln!("cairn: {r} is {digest} (from the cache)"),
+        (None, false) => eprintln!("cairn: pulled {r} ({digest})"),
+    }
+    let name = r
+        .repository
+        .rsplit('/')
+        .next()
+        .unwrap_or("guest")
+        .to_string();
+    let source = GuestSource {
+        name,
+        origin: format!(
+            "{}@{digest}",
+            ImageRef {
+                digest: None,
+                ..r.clone()
+            }
+        ),
+        bytes: std::borrow::Cow::Owned(bytes),
+        path: None,
+    };
+    Ok((source, resolved))
 }
 
 /// The directory a run works on: the one given, checked, or a temporary one

@@ -92,6 +92,17 @@ impl CodeCache {
     }
 }
 
+/// Deletes a guest's compiled code under every engine's directory in
+/// `root` (the data directory's `code/`), when nothing will run it again.
+pub fn forget(root: &Path, wasm_sha256: &str) {
+    let Ok(engines) = fs::read_dir(root) else {
+        return;
+    };
+    for engine in engines.flatten() {
+        let _ = fs::remove_file(engine.path().join(format!("{wasm_sha256}.cwasm")));
+    }
+}
+
 fn verify(bytes: &[u8]) -> bool {
     bytes.len() > HEADER
         && &bytes[..MAGIC.len()] == MAGIC

@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
+pub use code_cache::forget as forget_compiled;
 pub use guest::{Guest, GuestSource, Shape};
 pub use run::{DefaultLimits, Finished, Invocation, Limits};
 

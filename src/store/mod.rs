@@ -13,11 +13,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rusqlite::Connection;
 
+pub mod images;
 pub mod timeline;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is how many
 /// have run. Append, never edit.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE workspaces (
     id INTEGER PRIMARY KEY,
     path BLOB NOT NULL UNIQUE,
@@ -79,7 +81,27 @@ CREATE TABLE journal (
     op TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Guest images in the cache: what each reference (a tag, or a digest when
+-- pulled by digest) resolved to, and the blobs that make it up.
+CREATE TABLE images (
+    registry TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    config TEXT,
+    layer TEXT NOT NULL,
+    layout TEXT NOT NULL,
+    os TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    pulled_at INTEGER NOT NULL,
+    used_at INTEGER NOT NULL,
+    PRIMARY KEY (registry, repository, name)
+) WITHOUT ROWID;
+"#,
+];
 
 pub struct Store {
     conn: Connection,
