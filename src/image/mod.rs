@@ -242,7 +242,25 @@ struct Pulled {
     transferred: u64,
 }
 
+/// Pulls `r`; a pull that fails removes the blobs it had added, so that
+/// nothing of it stays in the cache.
 async fn pull(reg: &Registry, cache: &Cache, r: &ImageRef) -> Result<Pulled, String> {
+    let mut added = Vec::new();
+    let result = pull_into(reg, cache, r, &mut added).await;
+    if result.is_err() {
+        for digest in &added {
+            cache.remove(digest);
+        }
+    }
+    result
+}
+
+async fn pull_into(
+    reg: &Registry,
+    cache: &Cache,
+    r: &ImageRef,
+    added: &mut Vec<String>,
+) -> Result<Pulled, String> {
     reg.login(r, RegistryOperation::Pull).await?;
     let (bytes, digest) = match fetch_manifest(reg, r, r.digest.as_deref()).await {
         Err(e) if e == registry::MANIFEST_UNKNOWN && r.digest.is_none() => {
@@ -267,6 +285,7 @@ async fn pull(reg: &Registry, cache: &Cache, r: &ImageRef) -> Result<Pulled, Str
         Some(c) => {
             if !cache.has(&c.digest, c.size) {
                 transferred += fetch_blob(reg, cache, r, &c.digest, c.size).await?;
+                added.push(c.digest.clone());
             }
             // Read for its `os`; a config that does not parse is not fatal,
             // the bytes decide.
@@ -283,12 +302,10 @@ async fn pull(reg: &Registry, cache: &Cache, r: &ImageRef) -> Result<Pulled, Str
     let fresh = !cache.has(&layer.digest, layer.size);
     if fresh {
         transferred += fetch_blob(reg, cache, r, &layer.digest, layer.size).await?;
+        added.push(layer.digest.clone());
     }
     let head = cache.head(&layer.digest, 8)?;
     let Some(kind) = format::wasm_kind(&head) else {
-        if fresh {
-            cache.remove(&layer.digest);
-        }
         return Err(format!(
             "its one layer ({}, {} bytes) is not WebAssembly: not a wasm guest",
             layer.media_type, layer.size

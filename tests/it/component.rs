@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use crate::*;
 
 /// Builds `guests/echo-rs` once per test run (needs `rustup target add wasm32-wasip2`).
-fn echo_rs() -> &'static PathBuf {
+pub(crate) fn echo_rs() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let target_dir = repo().join("target/guests");

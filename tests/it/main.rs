@@ -6,6 +6,8 @@ mod component;
 mod concurrency;
 mod confinement;
 mod faults;
+mod images;
+mod registry;
 mod run_cli;
 mod tidy;
 mod timeline;
