@@ -19,18 +19,37 @@ pub struct ImageRef {
 
 impl ImageRef {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let r: Reference = s
-            .parse()
-            .map_err(|e: oci_client::ParseError| format!("{s}: not an image reference: {e}"))?;
-        // The grammar would read `repo:tag` with no host as Docker Hub's; a
-        // guest image must name its registry.
-        let host = s.split('/').next().unwrap_or_default();
-        if r.registry() != host {
-            return Err(format!(
-                "{s}: not an image reference: the first part must be a registry host \
-                 (`registry.example/repo:tag`, `localhost:5000/repo:tag`)"
+        let bad = |why: &str| format!("{s}: not an image reference: {why}");
+        let (host, rest) = s
+            .split_once('/')
+            .ok_or_else(|| bad("no registry host (`registry.example/repo:tag`)"))?;
+        let repo = rest.split(['@', ':']).next().unwrap_or_default();
+        if repo.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(bad("repository names are lowercase"));
+        }
+        // The reference grammar has no IPv6 literals: parse the rest under a
+        // stand-in host, then put the literal back.
+        let ipv6 = host.starts_with('[');
+        if ipv6 && !is_ipv6_host(host) {
+            return Err(bad(
+                "a bracketed host must be an IPv6 address, `[::1]:5000`",
             ));
         }
+        let parsed = if ipv6 {
+            format!("ipv6.invalid/{rest}")
+        } else {
+            s.to_string()
+        };
+        let r: Reference = parsed
+            .parse()
+            .map_err(|e: oci_client::ParseError| bad(&e.to_string()))?;
+        // The grammar would read `repo:tag` with no host as Docker Hub's; a
+        // guest image must name its registry.
+        if !ipv6 && r.registry() != host {
+            return Err(bad("the first part must be a registry host \
+                 (`registry.example/repo:tag`, `localhost:5000/repo:tag`)"));
+        }
+        let registry = if ipv6 { host } else { r.registry() };
         if let Some(d) = r.digest() {
             let hex = d
                 .strip_prefix("sha256:")
@@ -46,7 +65,7 @@ impl ImageRef {
             (t, _) => t.map(str::to_string),
         };
         Ok(ImageRef {
-            registry: r.registry().to_string(),
+            registry: registry.to_string(),
             repository: r.repository().to_string(),
             tag,
             digest: r.digest().map(str::to_string),
@@ -109,6 +128,18 @@ impl fmt::Display for ImageRef {
     }
 }
 
+/// `[addr]` or `[addr]:port` with an IPv6 address inside.
+fn is_ipv6_host(host: &str) -> bool {
+    let Some((addr, port)) = host.strip_prefix('[').and_then(|h| h.split_once(']')) else {
+        return false;
+    };
+    addr.parse::<std::net::Ipv6Addr>().is_ok()
+        && (port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok()))
+}
+
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -142,5 +173,7 @@ mod tests {
         assert!(e.starts_with("localhost:5000/echo@sha256:abc: "), "{e}");
         let e = ImageRef::parse("localhost:5000/echo:a tag").unwrap_err();
         assert!(e.contains("not an image reference"), "{e}");
+        let e = ImageRef::parse("[zz]:5000/echo").unwrap_err();
+        assert!(e.contains("IPv6"), "{e}");
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use crate::registry::{CuttingProxy, PASSWORD, Registry, USER, descriptor, sha256, which};
+use crate::registry::{Front, PASSWORD, Registry, TOKEN, USER, base64, descriptor, sha256, which};
 use crate::*;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -328,23 +328,68 @@ fn credentials_come_from_the_environment_or_the_docker_config() {
     );
 }
 
-fn base64(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+#[test]
+fn bearer_token_exchange() {
+    let reg = Registry::start();
+    let env = Env::new();
+    ok(&cairn(
+        &env,
+        &[
+            "push",
+            wat("echo.wat").to_str().unwrap(),
+            &format!("{}/guests/echo:1", reg.host()),
+        ],
+    ));
+    let front = Front::token(reg.port);
+    let r = format!("localhost:{}/guests/echo:1", front.port);
+
+    let out = cairn(&env, &["pull", &r]);
+    assert_refused_and_clean(
+        &env,
+        &out,
+        &[
+            &r,
+            "requires credentials and none are configured",
+            "token exchange failed",
+        ],
+    );
+    let out = env
+        .cairn()
+        .args(["pull", &r])
+        .env("CAIRN_REGISTRY_USERNAME", USER)
+        .env("CAIRN_REGISTRY_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert_refused_and_clean(
+        &env,
+        &out,
+        &[
+            &r,
+            "rejected the credentials from CAIRN_REGISTRY_USERNAME",
+            "token exchange failed",
+        ],
+    );
+
+    // Basic credentials traded for a token at the realm.
+    let out = env.run(&r, &["traded"]).status;
+    assert!(!out.success());
+    let out = env
+        .cairn()
+        .args(["run", &r, "traded"])
+        .env("CAIRN_REGISTRY_USERNAME", USER)
+        .env("CAIRN_REGISTRY_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out), "echo (a2a): traded\n");
+    // A bearer token given outright.
+    let other = Env::new();
+    let out = other
+        .cairn()
+        .args(["pull", &r])
+        .env("CAIRN_REGISTRY_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(ok(&out).starts_with("sha256:"));
 }
 
 /// Pushes a hand-made image: a config of `config_type` and one layer per
@@ -593,7 +638,7 @@ fn a_connection_dropped_mid_blob_leaves_nothing() {
         ],
     ));
     let layer = sha256(&big);
-    let proxy = CuttingProxy::start(reg.port, &reg.blob_file(&layer), &layer);
+    let proxy = Front::cutting(reg.port, &reg.blob_file(&layer), &layer);
     let r = format!("localhost:{}/guests/big:1", proxy.port);
     let out = cairn(&env, &["pull", &r]);
     assert_refused_and_clean(

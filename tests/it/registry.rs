@@ -2,7 +2,7 @@
 //! (`docker-registry`, installed by `tests/deps.sh`), started on a free
 //! loopback port with its own config and storage, killed when dropped. Also
 //! a raw HTTP/1.0 client to put hand-made manifests into it, and a proxy
-//! that cuts one blob short.
+//! in front of it that cuts a blob short or demands bearer tokens.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -237,39 +237,58 @@ pub fn http(
     Ok((status, headers, raw[split + 4..].to_vec()))
 }
 
-/// A proxy in front of a registry that answers a GET of one blob with its
-/// full length announced and only the first half sent, then hangs up.
-/// Every other request is passed through, one request per connection.
-pub struct CuttingProxy {
+/// A proxy in front of a registry, one request per connection, that
+/// changes one thing about it.
+pub struct Front {
     pub port: u16,
 }
 
-impl CuttingProxy {
-    pub fn start(upstream: u16, blob: &Path, digest: &str) -> CuttingProxy {
+enum Mode {
+    /// Answers a GET of the blob whose path ends in `target` with its full
+    /// length announced and only the first half sent, then hangs up.
+    CutBlob { bytes: Vec<u8>, target: String },
+    /// Demands `Authorization: Bearer TOKEN`, answering 401 with a
+    /// `WWW-Authenticate: Bearer realm=…` challenge; the realm (`/token`)
+    /// trades alice's basic credentials for the token.
+    Token,
+}
+
+pub const TOKEN: &str = "cairn-test-token";
+
+impl Front {
+    pub fn cutting(upstream: u16, blob: &Path, digest: &str) -> Front {
+        let bytes = std::fs::read(blob).unwrap();
+        Self::start(
+            upstream,
+            Mode::CutBlob {
+                bytes,
+                target: format!("/blobs/{digest}"),
+            },
+        )
+    }
+
+    pub fn token(upstream: u16) -> Front {
+        Self::start(upstream, Mode::Token)
+    }
+
+    fn start(upstream: u16, mode: Mode) -> Front {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let bytes = std::fs::read(blob).unwrap();
-        let target = format!("/blobs/{digest}");
+        let mode = std::sync::Arc::new(mode);
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let bytes = bytes.clone();
-                let target = target.clone();
+                let mode = mode.clone();
                 std::thread::spawn(move || {
-                    let _ = serve_one(&mut conn, upstream, &bytes, &target);
+                    let _ = serve_one(&mut conn, upstream, port, &mode);
                 });
             }
         });
-        CuttingProxy { port }
+        Front { port }
     }
 }
 
-fn serve_one(
-    conn: &mut TcpStream,
-    upstream: u16,
-    blob: &[u8],
-    target: &str,
-) -> std::io::Result<()> {
+fn serve_one(conn: &mut TcpStream, upstream: u16, port: u16, mode: &Mode) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -285,46 +304,130 @@ fn serve_one(
         first.next().unwrap_or_default().to_string(),
         first.next().unwrap_or_default().to_string(),
     );
-    if method == "GET" && path.ends_with(target) {
-        let half = &blob[..blob.len() / 2];
-        conn.write_all(
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-                blob.len()
-            )
-            .as_bytes(),
-        )?;
-        conn.write_all(half)?;
-        conn.flush()?;
-        return conn.shutdown(std::net::Shutdown::Both);
-    }
     let headers: Vec<(&str, &str)> = head
         .lines()
         .skip(1)
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    let authorization = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| *v)
+        .unwrap_or_default();
+    match mode {
+        Mode::CutBlob { bytes, target } if method == "GET" && path.ends_with(target.as_str()) => {
+            conn.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                    bytes.len()
+                )
+                .as_bytes(),
+            )?;
+            conn.write_all(&bytes[..bytes.len() / 2])?;
+            conn.flush()?;
+            return conn.shutdown(std::net::Shutdown::Both);
+        }
+        Mode::Token if path.starts_with("/token") => {
+            let (status, body) =
+                if authorization == format!("Basic {}", base64(&format!("{USER}:{PASSWORD}"))) {
+                    (
+                        "200 OK",
+                        format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#),
+                    )
+                } else {
+                    (
+                        "401 Unauthorized",
+                        r#"{"details":"bad credentials"}"#.to_string(),
+                    )
+                };
+            return respond(
+                conn,
+                status,
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            );
+        }
+        Mode::Token if authorization != format!("Bearer {TOKEN}") => {
+            let challenge =
+                format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="cairn-test""#);
+            return respond(
+                conn,
+                "401 Unauthorized",
+                &[
+                    ("WWW-Authenticate", &challenge),
+                    ("Content-Type", "application/json"),
+                ],
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+            );
+        }
+        _ => {}
+    }
+    let forwarded: Vec<(&str, &str)> = headers
+        .into_iter()
         .filter(|(k, _)| {
-            !k.eq_ignore_ascii_case("host")
-                && !k.eq_ignore_ascii_case("connection")
-                && !k.eq_ignore_ascii_case("content-length")
+            !["host", "connection", "content-length", "authorization"]
+                .iter()
+                .any(|h| k.eq_ignore_ascii_case(h))
         })
         .collect();
-    let (status, resp_headers, body) = http(upstream, &method, &path, &headers, b"")?;
-    let mut out = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
-    for (k, v) in &resp_headers {
-        if !k.eq_ignore_ascii_case("connection")
-            && !k.eq_ignore_ascii_case("content-length")
-            && !k.eq_ignore_ascii_case("transfer-encoding")
-        {
+    let (status, resp_headers, body) = http(upstream, &method, &path, &forwarded, b"")?;
+    let kept: Vec<(&str, &str)> = resp_headers
+        .iter()
+        .filter(|(k, _)| {
+            !["connection", "content-length", "transfer-encoding"]
+                .iter()
+                .any(|h| k.eq_ignore_ascii_case(h))
+        })
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if method == "HEAD" {
+        let len = header(&resp_headers, "content-length").unwrap_or_default();
+        let mut kept = kept;
+        kept.push(("Content-Length", &len));
+        let mut out = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
+        for (k, v) in &kept {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
+        out.push_str("\r\n");
+        return conn.write_all(out.as_bytes());
     }
-    let body = if method == "HEAD" { Vec::new() } else { body };
-    let len = header(&resp_headers, "content-length")
-        .filter(|_| method == "HEAD")
-        .unwrap_or(body.len().to_string());
-    out.push_str(&format!("Content-Length: {len}\r\n\r\n"));
+    respond(conn, &format!("{status} X"), &kept, &body)
+}
+
+fn respond(
+    conn: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
     conn.write_all(out.as_bytes())?;
-    conn.write_all(&body)?;
+    conn.write_all(body)?;
     conn.flush()
+}
+
+pub fn base64(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in s.as_bytes().chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
