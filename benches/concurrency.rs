@@ -77,6 +77,7 @@ fn main() {
             origin: "wat/sleep.wat".into(),
             bytes: sleep_wat.into(),
             path: None,
+            sha256: None,
         })
         .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()

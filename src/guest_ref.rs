@@ -71,6 +71,7 @@ impl GuestRef {
                     origin: format!("bundled guest {}", b.name),
                     bytes: Cow::Borrowed(b.wat.as_bytes()),
                     path: None,
+                    sha256: None,
                 })
             }
             GuestRef::File(path) => {
@@ -82,6 +83,7 @@ impl GuestRef {
                     origin: path.display().to_string(),
                     bytes: Cow::Owned(bytes),
                     path: Some(path),
+                    sha256: None,
                 })
             }
             GuestRef::Image(reference) => Err(format!("{reference}: an image, not a file")),

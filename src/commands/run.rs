@@ -217,6 +217,14 @@ async fn image_source(
         ),
         bytes: std::borrow::Cow::Owned(bytes),
         path: None,
+        // Checked against the layer's digest as it was read.
+        sha256: Some(
+            resolved
+                .image
+                .layer
+                .trim_start_matches("sha256:")
+                .to_string(),
+        ),
     };
     Ok((source, resolved))
 }

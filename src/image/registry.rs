@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
@@ -33,13 +33,26 @@ impl Registry {
         // reqwest's rustls needs a process-wide provider; installing twice
         // is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let protocol = if insecure || r.is_loopback() {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        };
+        let plain = insecure || r.is_loopback();
         let config = ClientConfig {
-            protocol,
+            protocol: if plain {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            // A client that speaks plain HTTP to its registry trusts one
+            // root whose private key was thrown away when it was made: it
+            // can complete no TLS handshake at all (not even on a redirect),
+            // and it skips loading the system's roots, which costs tens of
+            // milliseconds per command.
+            tls_certs_only: if plain {
+                vec![Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: include_bytes!("no-tls-root.pem").to_vec(),
+                }]
+            } else {
+                Vec::new()
+            },
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(60)),
             user_agent: concat!("cairn/", env!("CARGO_PKG_VERSION")),

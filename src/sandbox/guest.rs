@@ -27,6 +27,9 @@ pub struct GuestSource<'a> {
     pub bytes: std::borrow::Cow<'a, [u8]>,
     /// Set when the bytes came from a file, so WAT errors can name it.
     pub path: Option<&'a Path>,
+    /// The bytes' sha256 (hex), when the caller has just checked it (a
+    /// cached image layer): saves hashing them twice.
+    pub sha256: Option<String>,
 }
 
 /// The two shapes of WASI command the contract accepts.

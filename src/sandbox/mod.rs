@@ -121,7 +121,10 @@ impl Sandbox {
     /// Loads a guest: compiled once per machine, prepared once per process.
     /// Prepared guests are found again by the hash of their source and name.
     pub fn load(&self, src: &GuestSource<'_>) -> Result<Arc<Guest>, LoadError> {
-        let source_sha256 = guest::hex(&<sha2::Sha256 as sha2::Digest>::digest(&src.bytes[..]));
+        let source_sha256 = match &src.sha256 {
+            Some(known) => known.clone(),
+            None => guest::hex(&<sha2::Sha256 as sha2::Digest>::digest(&src.bytes[..])),
+        };
         let key = format!("{source_sha256}:{}", src.name);
         if let Some(guest) = self.lock_prepared().get(&key) {
             return Ok(guest.clone());

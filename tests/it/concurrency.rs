@@ -67,6 +67,7 @@ fn a_guest_blocked_in_a_host_call_is_stopped_at_its_deadline() {
             origin: "wat/block.wat".into(),
             bytes: wat.into(),
             path: None,
+            sha256: None,
         })
         .unwrap();
     let deadline = std::time::Duration::from_millis(300);
