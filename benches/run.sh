@@ -15,3 +15,5 @@ cargo bench --bench concurrency 2>/dev/null
 # The timeline on 100,000 files beside cp -a and a shadow git commit
 # (about 6 minutes; generates ~500 MB under target/timeline-bench once).
 cargo bench --bench timeline -- --noplot 2>&1 | grep -E '^(first|store|boundary by)|^[a-z]+/|time:'
+# Guest images: a 10 MB pull beside curl, and a cached run (needs docker-registry).
+benches/pull.sh
