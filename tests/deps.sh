@@ -20,5 +20,7 @@ if [ -n "$missing" ]; then
 fi
 
 if ! python3 -c "import oras.client" >/dev/null 2>&1; then
-    python3 -m pip install --quiet --user oras 2>/dev/null || python3 -m pip install --quiet oras
+    python3 -m pip install --quiet --user oras 2>/dev/null ||
+        python3 -m pip install --quiet oras 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages oras
 fi

@@ -34,7 +34,7 @@ pub struct Cli {
 /// Options shared by every command.
 #[derive(clap::Args)]
 pub struct Global {
-    /// Where cairn keeps its state (compiled code, later the store and snapshots)
+    /// Where cairn keeps its state (compiled code, the store, snapshots, cached images)
     #[arg(long, global = true, env = "CAIRN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// More logging: -v shows guests' stderr, -vv debug, -vvv trace (RUST_LOG overrides)
@@ -52,7 +52,7 @@ pub enum Command {
     Diff(diff::DiffCommand),
     /// Undo a step or a whole dispatch
     Rollback(rollback::RollbackCommand),
-    /// Forget old dispatches and delete objects nothing refers to
+    /// Forget old dispatches (and with --images cached images); delete what nothing refers to
     Gc(gc::GcCommand),
     /// Push a guest to an OCI registry as a wasm artifact; prints its digest
     Push(push::PushCommand),
