@@ -485,12 +485,29 @@ async fn push_inner(
             .blob_exists(&oci, d)
             .await
             .map_err(|e| reg.explain(e))?;
-        if !exists {
-            reg.client
-                .push_blob(&oci, blob, d)
-                .await
-                .map_err(|e| reg.explain(e))?;
+        if exists {
+            continue;
         }
+        let pushed = match progress(blob.len() as u64) {
+            // On a terminal, the blob goes up in chunks that move a bar.
+            Some(bar) => {
+                let blob = bytes::Bytes::from(blob);
+                let chunks: Vec<bytes::Bytes> = (0..blob.len())
+                    .step_by(1 << 20)
+                    .map(|at| blob.slice(at..blob.len().min(at + (1 << 20))))
+                    .collect();
+                let shown = bar.clone();
+                let stream = futures_util::stream::iter(chunks).map(move |chunk| {
+                    shown.inc(chunk.len() as u64);
+                    Ok(chunk)
+                });
+                let pushed = reg.client.push_blob_stream(&oci, stream, d, None).await;
+                bar.finish_and_clear();
+                pushed
+            }
+            None => reg.client.push_blob(&oci, blob, d).await,
+        };
+        pushed.map_err(|e| reg.explain(e))?;
     }
     let content_type = http::HeaderValue::from_static(format::OCI_MANIFEST);
     reg.client
