@@ -139,13 +139,6 @@ fn an_unknown_guest_name_lists_the_bundled_ones() {
 }
 
 #[test]
-fn an_image_reference_is_recognised_and_refused_for_now() {
-    let env = Env::new();
-    let out = env.run("registry.example.com/acme/coder:1", &[]);
-    assert_one_line_error(&out, 2, &["registry.example.com/acme/coder:1", "registry"]);
-}
-
-#[test]
 fn help_lists_the_exit_codes() {
     let env = Env::new();
     let out = env.cairn().args(["run", "--help"]).output().unwrap();
