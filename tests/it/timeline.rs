@@ -86,6 +86,13 @@ fn log(env: &Env) -> String {
 }
 
 /// The step numbers `cairn log` shows, oldest first.
+/// `cairn rollback`, which must succeed.
+#[track_caller]
+fn rollback_ok(env: &Env, target: &str, extra: &[&str]) {
+    let out = rollback(env, target, extra);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 fn steps(env: &Env) -> Vec<i64> {
     let mut v: Vec<i64> = log(env)
         .lines()
@@ -133,8 +140,7 @@ fn a_rogue_guest_that_succeeds_is_kept_and_can_be_undone() {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap()
         .to_string();
-    let out = rollback(&env, &id, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    rollback_ok(&env, &id, &[]);
     assert_eq!(fingerprint(env.workspace.path()), before);
 }
 
@@ -160,8 +166,7 @@ fn rolling_back_a_middle_step_keeps_later_work_and_refuses_conflicts() {
 
     // Make the conflict go away by undoing step 3's `shared` by hand.
     fs::write(env.ws("shared"), "s2\n").unwrap();
-    let out = rollback(&env, &middle, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    rollback_ok(&env, &middle, &[]);
     assert!(!env.ws("f2").exists(), "step 2's file is gone");
     assert_eq!(fs::read_to_string(env.ws("f1")).unwrap(), "v1\n");
     assert_eq!(
@@ -179,12 +184,10 @@ fn force_overwrites_a_conflict_and_a_rollback_can_be_undone() {
         assert!(env.run(wat("writer.wat"), &[script]).status.success());
     }
     let first = steps(&env)[0].to_string();
-    let out = rollback(&env, &first, &["--force"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    rollback_ok(&env, &first, &["--force"]);
     assert!(!env.ws("a").exists());
     let undo = *steps(&env).last().unwrap();
-    let out = rollback(&env, &undo.to_string(), &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    rollback_ok(&env, &undo.to_string(), &[]);
     assert_eq!(fs::read_to_string(env.ws("a")).unwrap(), "two\n");
 }
 
@@ -198,14 +201,12 @@ fn a_file_replaced_by_a_directory_and_back() {
     assert!(env.ws("f").is_dir());
     let step = *steps(&env).last().unwrap();
 
-    let out = rollback(&env, &step.to_string(), &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    rollback_ok(&env, &step.to_string(), &[]);
     assert_eq!(fingerprint(env.workspace.path()), before);
 
     // And back again: undo the rollback.
     let undo = *steps(&env).last().unwrap();
-    let out = rollback(&env, &undo.to_string(), &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    rollback_ok(&env, &undo.to_string(), &[]);
     assert_eq!(fs::read_to_string(env.ws("f/inner")).unwrap(), "x\n");
 }
 
@@ -224,12 +225,10 @@ fn a_non_utf8_name_changed_outside_cairn_can_be_undone_and_redone() {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap()
         .to_string();
-    let out = rollback(&env, &outside, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    rollback_ok(&env, &outside, &[]);
     assert!(!env.workspace.path().join(name).exists());
     let undo = *steps(&env).last().unwrap();
-    let out = rollback(&env, &undo.to_string(), &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    rollback_ok(&env, &undo.to_string(), &[]);
     assert_eq!(fingerprint(env.workspace.path()), before);
 }
 
@@ -380,8 +379,12 @@ fn kill_9_during_a_rollback_is_finished_on_the_next_start() {
         .spawn()
         .unwrap();
     // Rogue deletes all 40, the rollback puts them back one every 100 ms:
-    // kill it when some, not all, are back.
-    wait_for(|| (5..30).contains(&fs::read_dir(env.workspace.path()).unwrap().count()));
+    // kill it when some, not all, are back. The count passes through that
+    // range on the way down too, under load slowly enough to be seen: wait
+    // for the bottom first, after which it only rises.
+    let count = || fs::read_dir(env.workspace.path()).unwrap().count();
+    wait_for(|| count() <= 1);
+    wait_for(|| (5..30).contains(&count()));
     child.kill().unwrap();
     child.wait().unwrap();
     let partial = fs::read_dir(env.workspace.path()).unwrap().count();
