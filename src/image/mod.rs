@@ -287,13 +287,8 @@ async fn pull_into(
                 transferred += fetch_blob(reg, cache, r, &c.digest, c.size).await?;
                 added.push(c.digest.clone());
             }
-            // Read for its `os`; a config that does not parse is not fatal,
-            // the bytes decide.
-            if let Ok(bytes) = cache.read(&c.digest)
-                && let Err(e) = serde_json::from_slice::<WasmConfig>(&bytes)
-            {
-                tracing::debug!("{r}: wasm config does not parse: {e}");
-            }
+            // Kept so the cache holds the whole artifact; what the guest
+            // is (module or component) is read from its bytes, not from here.
             Some(c.digest.clone())
         }
         None => None,

@@ -31,6 +31,13 @@ fn ok(out: &Output) -> String {
     stdout(out)
 }
 
+/// `cairn push <file> <r>` in `env`, which must succeed: the digest it printed.
+fn push(env: &Env, file: &std::path::Path, r: &str) -> String {
+    ok(&cairn(env, &["push", file.to_str().unwrap(), r]))
+        .trim()
+        .to_string()
+}
+
 /// Every file in the image cache's blob and temporary directories.
 fn cached_files(env: &Env) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -59,11 +66,8 @@ fn push_pull_and_run_by_reference() {
     let reg = Registry::start();
     let r = format!("{}/guests/echo:1", reg.host());
     let pusher = Env::new();
-    let digest = ok(&cairn(
-        &pusher,
-        &["push", wat("echo.wat").to_str().unwrap(), &r],
-    ));
-    let digest = digest.trim();
+    let digest = push(&pusher, &wat("echo.wat"), &r);
+    let digest = digest.as_str();
     assert!(
         digest.starts_with("sha256:") && digest.len() == 71,
         "{digest}"
@@ -111,7 +115,7 @@ fn a_component_is_pushed_with_its_world() {
     let r = format!("{}/guests/echo-rs:1", reg.host());
     let env = Env::new();
     let component = crate::component::echo_rs();
-    ok(&cairn(&env, &["push", component.to_str().unwrap(), &r]));
+    push(&env, component, &r);
     let v: serde_json::Value =
         serde_json::from_str(&ok(&env.run(&r, &["hello", "--json"]))).unwrap();
     assert_eq!(v["guest"]["shape"], "component");
@@ -162,16 +166,9 @@ fn pinned_digests_are_honoured() {
     let reg = Registry::start();
     let r = format!("{}/guests/pinned:1", reg.host());
     let env = Env::new();
-    let first = ok(&cairn(
-        &env,
-        &["push", wat("echo.wat").to_str().unwrap(), &r],
-    ));
-    let first = first.trim().to_string();
+    let first = push(&env, &wat("echo.wat"), &r);
     // The tag moves to another guest; the digest still names the first.
-    ok(&cairn(
-        &env,
-        &["push", wat("exit7.wat").to_str().unwrap(), &r],
-    ));
+    push(&env, &wat("exit7.wat"), &r);
     let pinned = format!("{}/guests/pinned@{first}", reg.host());
     assert_eq!(
         ok(&env.run(&pinned, &["still echo"])),
@@ -193,10 +190,7 @@ fn the_cache_serves_runs_offline() {
     let mut reg = Registry::start();
     let r = format!("{}/guests/offline:1", reg.host());
     let env = Env::new();
-    ok(&cairn(
-        &env,
-        &["push", wat("echo.wat").to_str().unwrap(), &r],
-    ));
+    push(&env, &wat("echo.wat"), &r);
     ok(&env.run(&r, &["first"]));
     let compiled = compiled_files(&env);
     assert_eq!(compiled.len(), 1, "one compiled guest: {compiled:?}");
@@ -329,17 +323,36 @@ fn credentials_come_from_the_environment_or_the_docker_config() {
 }
 
 #[test]
+fn plain_http_only_for_loopback_names_or_with_insecure() {
+    let reg = Registry::start();
+    let env = Env::new();
+    let digest = push(
+        &env,
+        &wat("echo.wat"),
+        &format!("{}/guests/echo:1", reg.host()),
+    );
+    // The same registry at an address that is not `localhost`, `127.0.0.1`
+    // or `[::1]`: cairn speaks TLS to it, which a plain server refuses.
+    let front = Front::passthrough(reg.port, "127.0.0.2");
+    let r = format!("127.0.0.2:{}/guests/echo:1", front.port);
+    let out = cairn(&env, &["pull", &r]);
+    assert_refused_and_clean(&env, &out, &[&r, "cannot reach registry 127.0.0.2"]);
+    assert_eq!(ok(&cairn(&env, &["pull", &r, "--insecure"])).trim(), digest);
+    assert_eq!(
+        ok(&env.run(&r, &["insecure", "--pull", "always", "--insecure"])),
+        "echo (a2a): insecure\n"
+    );
+}
+
+#[test]
 fn bearer_token_exchange() {
     let reg = Registry::start();
     let env = Env::new();
-    ok(&cairn(
+    push(
         &env,
-        &[
-            "push",
-            wat("echo.wat").to_str().unwrap(),
-            &format!("{}/guests/echo:1", reg.host()),
-        ],
-    ));
+        &wat("echo.wat"),
+        &format!("{}/guests/echo:1", reg.host()),
+    );
     let front = Front::token(reg.port);
     let r = format!("localhost:{}/guests/echo:1", front.port);
 
@@ -599,10 +612,7 @@ fn a_tampered_blob_is_caught_and_not_cached() {
     let reg = Registry::start();
     let r = format!("{}/guests/tampered:1", reg.host());
     let env = Env::new();
-    ok(&cairn(
-        &env,
-        &["push", wat("echo.wat").to_str().unwrap(), &r],
-    ));
+    push(&env, &wat("echo.wat"), &r);
     let layer = sha256(&echo_wasm());
     let file = reg.blob_file(&layer);
     let mut bytes = std::fs::read(&file).unwrap();
@@ -629,14 +639,7 @@ fn a_connection_dropped_mid_blob_leaves_nothing() {
     let file = dir.path().join("big.wasm");
     std::fs::write(&file, &big).unwrap();
     let env = Env::new();
-    ok(&cairn(
-        &env,
-        &[
-            "push",
-            file.to_str().unwrap(),
-            &format!("{}/guests/big:1", reg.host()),
-        ],
-    ));
+    push(&env, &file, &format!("{}/guests/big:1", reg.host()));
     let layer = sha256(&big);
     let proxy = Front::cutting(reg.port, &reg.blob_file(&layer), &layer);
     let r = format!("localhost:{}/guests/big:1", proxy.port);
@@ -665,14 +668,11 @@ pub fn big_module(size: usize) -> Vec<u8> {
 fn unknown_registries_repositories_and_tags_and_bad_references() {
     let reg = Registry::start();
     let env = Env::new();
-    ok(&cairn(
+    push(
         &env,
-        &[
-            "push",
-            wat("echo.wat").to_str().unwrap(),
-            &format!("{}/guests/echo:1", reg.host()),
-        ],
-    ));
+        &wat("echo.wat"),
+        &format!("{}/guests/echo:1", reg.host()),
+    );
 
     let r = format!("{}/guests/nope:1", reg.host());
     assert_refused_and_clean(
@@ -734,10 +734,7 @@ fn gc_prunes_the_image_cache() {
     let reg = Registry::start();
     let env = Env::new();
     let r = format!("{}/guests/echo:1", reg.host());
-    ok(&cairn(
-        &env,
-        &["push", wat("echo.wat").to_str().unwrap(), &r],
-    ));
+    push(&env, &wat("echo.wat"), &r);
     ok(&env.run(&r, &["x"]));
     assert_eq!(cached_files(&env).len(), 3, "manifest, config, layer");
     // A stray download and an orphan blob go on any gc.
@@ -803,10 +800,7 @@ fn artifacts_interoperate_with_oras_and_skopeo() {
 
     // cairn pushes; ORAS pulls the file by its title; skopeo reads the manifest.
     let r = format!("{}/cairn/echo:1", reg.host());
-    ok(&cairn(
-        &env,
-        &["push", wat("echo.wat").to_str().unwrap(), &r],
-    ));
+    push(&env, &wat("echo.wat"), &r);
     let out_dir = dir.path().join("pulled");
     oras(
         "import sys, oras.client\noras.client.OrasClient(insecure=True).pull(target=sys.argv[1], outdir=sys.argv[2])",

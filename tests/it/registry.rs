@@ -251,6 +251,8 @@ enum Mode {
     /// `WWW-Authenticate: Bearer realm=…` challenge; the realm (`/token`)
     /// trades alice's basic credentials for the token.
     Token,
+    /// Changes nothing: the registry under another address.
+    Pass,
 }
 
 pub const TOKEN: &str = "cairn-test-token";
@@ -271,8 +273,18 @@ impl Front {
         Self::start(upstream, Mode::Token)
     }
 
+    /// The registry, unchanged, at `ip` (say `127.0.0.2`: loopback, but
+    /// not a name cairn speaks plain HTTP to by default).
+    pub fn passthrough(upstream: u16, ip: &str) -> Front {
+        Self::start_on(upstream, Mode::Pass, ip)
+    }
+
     fn start(upstream: u16, mode: Mode) -> Front {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(upstream, mode, "127.0.0.1")
+    }
+
+    fn start_on(upstream: u16, mode: Mode, ip: &str) -> Front {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let mode = std::sync::Arc::new(mode);
         std::thread::spawn(move || {
@@ -297,6 +309,10 @@ fn serve_one(conn: &mut TcpStream, upstream: u16, port: u16, mode: &Mode) -> std
             return Ok(());
         }
         head.push(byte[0]);
+        if head == [0x16] {
+            // A TLS handshake: answer in plain HTTP, as a plain server does.
+            return respond(conn, "400 Bad Request", &[], b"plain HTTP here");
+        }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
     let mut first = head.lines().next().unwrap_or_default().split_whitespace();
@@ -317,13 +333,8 @@ fn serve_one(conn: &mut TcpStream, upstream: u16, port: u16, mode: &Mode) -> std
         .unwrap_or_default();
     match mode {
         Mode::CutBlob { bytes, target } if method == "GET" && path.ends_with(target.as_str()) => {
-            conn.write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-                    bytes.len()
-                )
-                .as_bytes(),
-            )?;
+            let octets = [("Content-Type", "application/octet-stream")];
+            write_head(conn, "200 OK", &octets, &bytes.len().to_string())?;
             conn.write_all(&bytes[..bytes.len() / 2])?;
             conn.flush()?;
             return conn.shutdown(std::net::Shutdown::Both);
@@ -381,18 +392,13 @@ fn serve_one(conn: &mut TcpStream, upstream: u16, port: u16, mode: &Mode) -> std
         })
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    let status = format!("{status} X");
     if method == "HEAD" {
+        // The upstream's length, with no body.
         let len = header(&resp_headers, "content-length").unwrap_or_default();
-        let mut kept = kept;
-        kept.push(("Content-Length", &len));
-        let mut out = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
-        for (k, v) in &kept {
-            out.push_str(&format!("{k}: {v}\r\n"));
-        }
-        out.push_str("\r\n");
-        return conn.write_all(out.as_bytes());
+        return write_head(conn, &status, &kept, &len);
     }
-    respond(conn, &format!("{status} X"), &kept, &body)
+    respond(conn, &status, &kept, &body)
 }
 
 fn respond(
@@ -401,17 +407,25 @@ fn respond(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    write_head(conn, status, headers, &body.len().to_string())?;
+    conn.write_all(body)?;
+    conn.flush()
+}
+
+/// A response's status line and headers, closing the connection after it.
+fn write_head(
+    conn: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, &str)],
+    content_length: &str,
+) -> std::io::Result<()> {
+    let mut out =
+        format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {content_length}\r\n");
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
     out.push_str("\r\n");
-    conn.write_all(out.as_bytes())?;
-    conn.write_all(body)?;
-    conn.flush()
+    conn.write_all(out.as_bytes())
 }
 
 pub fn base64(s: &str) -> String {
