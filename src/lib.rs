@@ -9,6 +9,9 @@
 //! - [`dispatch`]: the guest contract from the host's side: the dispatch on
 //!   stdin, the environment, the events and reply on stdout.
 //! - [`invoke`]: runs one dispatch on one guest (contract + sandbox).
+//! - [`sidecar`]: the OpenAI-compatible gateway to every model: providers,
+//!   retries, budgets, usage accounting, metrics.
+//! - [`web`]: HTTP plumbing shared by the servers (bodies, serving).
 //! - [`guest_ref`]: what a guest reference names (file, bundled, image).
 //! - [`timeline`]: snapshots of the workspace at every step boundary,
 //!   rollback of failed dispatches, undo of any step.
@@ -26,5 +29,7 @@ pub mod image;
 pub mod invoke;
 pub mod logging;
 pub mod sandbox;
+pub mod sidecar;
 pub mod store;
 pub mod timeline;
+pub mod web;

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Push(cmd) => cmd.execute(&cli.global),
         Command::Pull(cmd) => cmd.execute(&cli.global),
         Command::Images(cmd) => cmd.execute(&cli.global),
+        Command::Sidecar(cmd) => cmd.execute(&cli.global),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -13,6 +13,7 @@ pub mod pull;
 pub mod push;
 pub mod rollback;
 pub mod run;
+pub mod sidecar;
 
 use crate::data_dir::DataDir;
 use crate::error::Failure;
@@ -60,6 +61,8 @@ pub enum Command {
     Pull(pull::PullCommand),
     /// List the guest images in the cache
     Images(images::ImagesCommand),
+    /// Serve the model gateway (OpenAI-compatible) on a port for native tools
+    Sidecar(sidecar::SidecarCommand),
 }
 
 /// The data directory and its store, after finishing whatever a stopped
@@ -83,18 +86,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, Failure> {
 
 /// A store timestamp (ms since the epoch) as `YYYY-MM-DD HH:MM:SS` UTC.
 pub fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d, rem) = crate::store::civil(ms);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
         rem / 3600,

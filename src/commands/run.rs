@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::value_parser;
@@ -14,8 +15,10 @@ use crate::dispatch::{Dispatch, Kind};
 use crate::error::Failure;
 use crate::guest_ref::{GuestRef, io_reason};
 use crate::image::{self, ImageRef, Images, PullPolicy, Resolved};
-use crate::invoke;
+use crate::invoke::{self, Marks};
+use crate::sandbox::Outbound;
 use crate::sandbox::{DefaultLimits, GuestSource, Limits, Sandbox, SandboxConfig};
+use crate::sidecar::{Caller, Config, GUEST_HOST, GuestPort, Sidecar};
 use crate::timeline::{RollbackPolicy, Timeline};
 
 /// The largest prompt read from stdin with `-`.
@@ -56,6 +59,9 @@ pub struct RunCommand {
     /// Allow plain HTTP to the image's registry (always allowed for localhost)
     #[arg(long)]
     pub insecure: bool,
+    /// The sidecar's configuration: with it the guest reaches models at OPENAI_BASE_URL, as agent `cli`
+    #[arg(long, env = "CAIRN_SIDECAR_CONFIG", value_name = "FILE")]
+    pub sidecar: Option<PathBuf>,
 }
 
 impl RunCommand {
@@ -66,6 +72,10 @@ impl RunCommand {
         data.check_outside(workspace.path())
             .map_err(|e| Failure::Usage(format!("{e:#}")))?;
         let prompt = self.read_prompt()?;
+        let sidecar_config = match &self.sidecar {
+            Some(path) => Some(Config::load(path).map_err(|e| Failure::Usage(e.to_string()))?),
+            None => None,
+        };
         let guest_ref = GuestRef::parse(&self.guest).map_err(Failure::Usage)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -95,18 +105,32 @@ impl RunCommand {
             memory_bytes: (self.memory as usize) << 20,
             ..Limits::default()
         };
-        let dispatch = Dispatch::new("cli", self.kind, prompt, self.session);
+        let dispatch = Dispatch::new(AGENT, self.kind, prompt, self.session);
         // Every dispatch goes through the timeline: recorded at its start,
-        // rolled back if the guest fails.
+        // a step at every model call, rolled back if the guest fails.
         let mut timeline = Timeline::open(&data, workspace.path(), true)?;
         let active = timeline.begin(&dispatch.id, &guest.origin, dispatch.kind.as_str())?;
-        let outcome = runtime.block_on(invoke::dispatch(
+        let marks = Marks::new(timeline, active);
+        let sidecar = match sidecar_config {
+            Some(config) => Some(Sidecar::start(config, &data.store())?),
+            None => None,
+        };
+        let outbound = Arc::new(outbound(sidecar.as_ref(), &dispatch, marks.clone()));
+        let outcome = runtime.block_on(invoke::dispatch_with(
             &sandbox,
             &guest,
             dispatch,
             workspace.path(),
             limits,
-        ))?;
+            outbound,
+        ));
+        if let Some(s) = &sidecar {
+            s.flush();
+        }
+        let (mut timeline, active) = marks
+            .take()
+            .ok_or_else(|| Failure::Internal(anyhow::anyhow!("the timeline was lost")))?;
+        let outcome = outcome?;
         tracing::debug!(dispatch = %outcome.dispatch.id, elapsed = ?outcome.elapsed, "dispatch ended");
         let verdict = outcome
             .result
@@ -227,6 +251,47 @@ async fn image_source(
         ),
     };
     Ok((source, resolved))
+}
+
+/// The agent `cairn run` dispatches as: its budgets, key and allowed
+/// hosts are `[budgets.agents.cli]` and `[agents.cli]` in the sidecar's
+/// configuration.
+const AGENT: &str = "cli";
+
+/// What the guest may reach: the sidecar (when configured), bound to this
+/// dispatch, and the hosts `[agents.cli]` allows.
+fn outbound(sidecar: Option<&Arc<Sidecar>>, dispatch: &Dispatch, marks: Arc<Marks>) -> Outbound {
+    let Some(sidecar) = sidecar else {
+        return Outbound {
+            allow_entry:
+                "a sidecar configuration (cairn run --sidecar FILE, [agents.cli] allow_hosts)"
+                    .into(),
+            ..Outbound::default()
+        };
+    };
+    let config = &sidecar.config;
+    let caller = Caller {
+        agent: AGENT.into(),
+        dispatch: Some(dispatch.id.clone()),
+        max_tokens: dispatch.max_tokens,
+        steps: Some(marks),
+    };
+    Outbound {
+        local: vec![(
+            GUEST_HOST.to_string(),
+            Arc::new(GuestPort {
+                sidecar: sidecar.clone(),
+                caller,
+            }),
+        )],
+        allow_hosts: config
+            .agents
+            .get(AGENT)
+            .map(|a| a.allow_hosts.clone())
+            .unwrap_or_default(),
+        allow_entry: format!("allow_hosts of [agents.{AGENT}] in {}", config.origin),
+        client: Some(sidecar.outside_client()),
+    }
 }
 
 /// The directory a run works on: the one given, checked, or a temporary one

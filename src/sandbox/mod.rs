@@ -9,6 +9,7 @@
 mod code_cache;
 mod engine;
 mod guest;
+mod http;
 mod output;
 mod run;
 mod state;
@@ -25,6 +26,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 
 pub use code_cache::forget as forget_compiled;
 pub use guest::{Guest, GuestSource, Shape};
+pub use http::{LocalHttp, Outbound};
 pub use run::{DefaultLimits, Finished, Invocation, Limits};
 
 use code_cache::CodeCache;
@@ -99,6 +101,9 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI 0.2")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2_linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
 
         let code_cache = CodeCache::new(&config.code_dir, &engine::fingerprint(&engine));
         Ok(Self {

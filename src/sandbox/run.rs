@@ -15,6 +15,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, ResourceTable, WasiCtxBuilder};
 
 use super::guest::{Guest, Pre, one_line};
+use super::http::{Hooks, Outbound};
 use super::output::Capture;
 use super::state::{MemoryCap, P2Ctx, State};
 use super::{GuestFailure, Sandbox};
@@ -76,6 +77,8 @@ pub struct Invocation {
     pub limits: Limits,
     /// Tags the guest's log lines (the dispatch id).
     pub log_tag: Arc<str>,
+    /// What the guest may reach over `wasi:http` (preview-2 guests).
+    pub outbound: Arc<Outbound>,
 }
 
 /// How a run went. Output is kept whatever the outcome.
@@ -132,6 +135,10 @@ impl Sandbox {
                 let ctx = P2Ctx {
                     ctx: wasi.build(),
                     table: ResourceTable::new(),
+                    http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                    hooks: Hooks {
+                        outbound: inv.outbound.clone(),
+                    },
                 };
                 let mut store = self.store(ctx, memory, deadline);
                 let run = async {

@@ -3,6 +3,9 @@
 
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::http::Hooks;
 
 /// Store data for a run. `W` is the WASI context of the guest's shape.
 pub struct State<W> {
@@ -16,6 +19,18 @@ pub struct State<W> {
 pub struct P2Ctx {
     pub ctx: WasiCtx,
     pub table: ResourceTable,
+    pub http: WasiHttpCtx,
+    pub hooks: Hooks,
+}
+
+impl WasiHttpView for State<P2Ctx> {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.wasi.http,
+            table: &mut self.wasi.table,
+            hooks: &mut self.wasi.hooks,
+        }
+    }
 }
 
 impl WasiView for State<P2Ctx> {

@@ -15,6 +15,7 @@ use rusqlite::Connection;
 
 pub mod images;
 pub mod timeline;
+pub mod usage;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is how many
 /// have run. Append, never edit.
@@ -101,6 +102,31 @@ CREATE TABLE images (
     PRIMARY KEY (registry, repository, name)
 ) WITHOUT ROWID;
 "#,
+    // 3: one row per model call through the sidecar.
+    r#"
+CREATE TABLE usage (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    dispatch TEXT,
+    step INTEGER,
+    provider TEXT,
+    model_requested TEXT NOT NULL,
+    model_served TEXT,
+    tokens_in INTEGER NOT NULL,
+    tokens_out INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    latency_ms REAL NOT NULL,
+    ttft_ms REAL,
+    status TEXT NOT NULL,
+    estimated INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    detail TEXT
+);
+CREATE INDEX usage_at ON usage (at);
+CREATE INDEX usage_dispatch ON usage (dispatch) WHERE dispatch IS NOT NULL;
+"#,
 ];
 
 pub struct Store {
@@ -146,6 +172,24 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// The UTC calendar date and second of the day of a timestamp in
+/// milliseconds: `(year, month, day, seconds)`.
+pub fn civil(ms: i64) -> (i64, i64, i64, i64) {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rem)
 }
 
 /// Milliseconds since the Unix epoch, how every timestamp is stored.

@@ -1,0 +1,1115 @@
+//! `POST /v1/chat/completions`: check the request, admit it under the
+//! budgets, mark the step boundary, forward it with retries and fallbacks,
+//! relay the answer (whole or streamed), and record what it cost.
+//!
+//! Retry rules: 429, 5xx and connection failures are retried with
+//! exponential backoff and jitter, honouring `Retry-After`; a stream is
+//! handed to the client only once its first event arrived, so failures
+//! before that are retried too, and nothing is retried once a byte reached
+//! the client. An attempt that failed after running `billed_after_secs` may
+//! have been billed: it is recorded (estimated) and not retried.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use http::StatusCode;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+
+use super::budget::{Amount, Payer, Reservation};
+use super::config::{Kind, Model, OnExceeded, Provider};
+use super::sse::{Decoder, Event};
+use super::{ApiError, Caller, Sidecar, anthropic, metrics};
+use crate::store::now_ms;
+use crate::store::usage::UsageRow;
+use crate::web::{self, Response};
+
+/// Largest whole (non-streamed) upstream answer read.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// What was asked, as far as routing and accounting need it.
+struct Ask {
+    body: Value,
+    requested: String,
+    stream: bool,
+    /// The client asked for the usage chunk itself.
+    wants_usage: bool,
+    input_estimate: u64,
+    max_output: Option<u64>,
+}
+
+impl Sidecar {
+    pub(super) async fn chat(
+        self: &Arc<Self>,
+        body: Bytes,
+        caller: Caller,
+    ) -> Result<Response, ApiError> {
+        let started = Instant::now();
+        let ask = parse(&body)?;
+        let Some(model) = self.config.models.get(&ask.requested) else {
+            let known: Vec<&str> = self.config.models.keys().map(String::as_str).collect();
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "the model `{}` does not exist (known: {})",
+                    ask.requested,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+            .code("model_not_found"));
+        };
+        let (model, reservation, degraded) = self.admit(&caller, model, &ask)?;
+        let step = match &caller.steps {
+            Some(steps) => {
+                let steps = steps.clone();
+                let detail = format!("model {}", model.alias);
+                tokio::task::spawn_blocking(move || steps.model_call(&detail))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
+        let mut record = Record {
+            sidecar: self.clone(),
+            row: UsageRow {
+                agent: caller.agent.clone(),
+                dispatch: caller.dispatch.clone(),
+                step,
+                model_requested: ask.requested.clone(),
+                stream: ask.stream,
+                ..UsageRow::default()
+            },
+            started,
+            reservation: Some(reservation),
+            input_estimate: ask.input_estimate,
+            output_chars: 0,
+            usage: None,
+            billable: false,
+            done: false,
+        };
+        let overhead_before = started.elapsed();
+        let opened = self.open(&ask, model, &mut record).await?;
+        let route = record.route();
+        self.metrics
+            .overhead
+            .get_or_create(&route)
+            .observe(overhead_before.as_secs_f64());
+        let mut response = match opened.answer {
+            Answer::Whole(bytes) => {
+                let after = Instant::now();
+                let r = self.whole(bytes, &opened.model, &opened.provider, &mut record)?;
+                self.metrics
+                    .overhead
+                    .get_or_create(&route)
+                    .observe(after.elapsed().as_secs_f64());
+                r
+            }
+            Answer::Stream {
+                stream,
+                decoder,
+                first,
+            } => {
+                let (tx, mut rx) =
+                    tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+                let relay = Relay {
+                    kind: opened.provider.kind,
+                    translator: (opened.provider.kind == Kind::Anthropic).then(|| {
+                        anthropic::StreamTranslator::new(&opened.model.model, unix_secs())
+                    }),
+                    wants_usage: ask.wants_usage,
+                    record,
+                    tx,
+                    deadline: started + self.config.server.timeout,
+                };
+                tokio::spawn(relay.run(stream, decoder, first));
+                let body =
+                    StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+                let mut r = http::Response::new(BodyExt::boxed_unsync(body));
+                let h = r.headers_mut();
+                h.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/event-stream"),
+                );
+                h.insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-cache"),
+                );
+                r
+            }
+        };
+        let h = response.headers_mut();
+        let served = format!("{}/{}", opened.provider.name, opened.model.model);
+        if let Ok(v) = http::HeaderValue::from_str(&served) {
+            h.insert("x-cairn-served-by", v);
+        }
+        if let Ok(v) = http::HeaderValue::from_str(&opened.model.alias) {
+            h.insert("x-cairn-model", v);
+        }
+        if let Some(why) = degraded
+            && let Ok(v) = http::HeaderValue::from_str(&why)
+        {
+            h.insert("x-cairn-degraded", v);
+        }
+        Ok(response)
+    }
+
+    /// Checks the budgets; on `degrade`, moves the call to the configured
+    /// model (once). Returns the model that will serve and its reservation.
+    fn admit<'a>(
+        &'a self,
+        caller: &Caller,
+        model: &'a Model,
+        ask: &Ask,
+    ) -> Result<(&'a Model, Reservation, Option<String>), ApiError> {
+        let payer = Payer {
+            agent: &caller.agent,
+            dispatch: caller.dispatch.as_deref(),
+            dispatch_max_tokens: caller.max_tokens,
+        };
+        let output = ask
+            .max_output
+            .unwrap_or(self.config.server.reserve_output_tokens);
+        let mut model = model;
+        let mut degraded: Option<String> = None;
+        loop {
+            let price = self.config.price(&model.model);
+            let amount = Amount {
+                tokens: ask.input_estimate + output,
+                usd: (ask.input_estimate as f64 * price.input + output as f64 * price.output) / 1e6,
+            };
+            let exceeded = match self.ledger.reserve(&payer, amount, now_ms()) {
+                Ok(r) => {
+                    for a in &r.alerts {
+                        tracing::warn!(agent = %caller.agent, "{a} (on_exceeded = \"alert\": the call passes)");
+                        self.count_exceeded(a);
+                    }
+                    return Ok((model, r, degraded));
+                }
+                Err(e) => e,
+            };
+            self.count_exceeded(&exceeded);
+            let to = exceeded
+                .degrade_to
+                .as_deref()
+                .and_then(|to| self.config.models.get(to));
+            match (exceeded.on_exceeded, to) {
+                (OnExceeded::Degrade, Some(to))
+                    if degraded.is_none() && to.alias != model.alias =>
+                {
+                    tracing::info!(agent = %caller.agent, "{exceeded}: served by `{}` instead of `{}`", to.alias, model.alias);
+                    degraded = Some(format!("{exceeded}; served by {}", to.alias));
+                    model = to;
+                }
+                _ => {
+                    let row = UsageRow {
+                        at: now_ms(),
+                        agent: caller.agent.clone(),
+                        dispatch: caller.dispatch.clone(),
+                        model_requested: ask.requested.clone(),
+                        status: "budget_exceeded".into(),
+                        stream: ask.stream,
+                        detail: Some(exceeded.to_string()),
+                        ..UsageRow::default()
+                    };
+                    self.usage.record(row);
+                    return Err(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "budget_exceeded",
+                        exceeded.to_string(),
+                    )
+                    .code("budget_exceeded"));
+                }
+            }
+        }
+    }
+
+    fn count_exceeded(&self, e: &super::budget::Exceeded) {
+        self.metrics
+            .budget_exceeded
+            .get_or_create(&metrics::Limit {
+                scope: e.scope.split(' ').next().unwrap_or("").to_string(),
+                limit: e.limit_name.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sends the call to `model`, then to its fallbacks in order, each with
+    /// its retries, until one answers.
+    async fn open<'a>(
+        &'a self,
+        ask: &Ask,
+        model: &'a Model,
+        record: &mut Record,
+    ) -> Result<Opened<'a>, ApiError> {
+        let deadline = record.started + self.config.server.timeout;
+        let chain = std::iter::once(model).chain(
+            model
+                .fallbacks
+                .iter()
+                .filter_map(|f| self.config.models.get(f)),
+        );
+        let mut last: Option<ApiError> = None;
+        for target in chain {
+            let Some(provider) = self.config.providers.get(&target.provider) else {
+                continue;
+            };
+            record.row.provider = Some(provider.name.clone());
+            record.row.model_served = Some(target.model.clone());
+            let (url, payload) = request_for(provider, target, ask)?;
+            for attempt in 0..=self.config.server.retries {
+                if attempt > 0 {
+                    let wait = backoff(
+                        &self.config.server,
+                        attempt,
+                        last.as_ref().and_then(|e| e.retry_after),
+                    );
+                    if wait > self.config.server.max_backoff || Instant::now() + wait >= deadline {
+                        break;
+                    }
+                    self.metrics
+                        .retries
+                        .get_or_create(&metrics::Provider {
+                            provider: provider.name.clone(),
+                        })
+                        .inc();
+                    tokio::time::sleep(wait).await;
+                }
+                record.row.attempts += 1;
+                let sent = Instant::now();
+                let failure = match self
+                    .attempt(provider, &url, &payload, ask.stream, deadline)
+                    .await
+                {
+                    Ok(answer) => {
+                        record.billable = true;
+                        return Ok(Opened {
+                            answer,
+                            model: target,
+                            provider,
+                        });
+                    }
+                    Err(f) => f,
+                };
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&metrics::UpstreamError {
+                        provider: provider.name.clone(),
+                        kind: failure.kind.clone(),
+                    })
+                    .inc();
+                tracing::warn!(
+                    agent = %record.row.agent,
+                    "upstream {} ({}) attempt {}: {}",
+                    provider.name,
+                    target.model,
+                    attempt + 1,
+                    failure.error.message
+                );
+                if sent.elapsed() >= self.config.server.billed_after {
+                    // It ran long enough to have been billed: count it, and
+                    // do not pay for it twice.
+                    record.billable = true;
+                    record.fail("billed_failure", &failure.error.message);
+                    return Err(failure.error);
+                }
+                let retry = failure.retryable;
+                last = Some(failure.error);
+                if !retry {
+                    record.fail(
+                        "upstream_error",
+                        &last.as_ref().map(|e| e.message.clone()).unwrap_or_default(),
+                    );
+                    return Err(last.unwrap_or_else(|| {
+                        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", "")
+                    }));
+                }
+            }
+        }
+        let error = last.unwrap_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "no provider could be tried",
+            )
+        });
+        record.fail("upstream_error", &error.message);
+        Err(error)
+    }
+
+    /// One attempt: the request sent, the status checked, and the answer
+    /// read far enough that nothing was yet passed on (the whole body, or a
+    /// stream's first event).
+    async fn attempt(
+        &self,
+        provider: &Provider,
+        url: &str,
+        payload: &Bytes,
+        stream: bool,
+        deadline: Instant,
+    ) -> Result<Answer, Failure> {
+        let first_byte = (Instant::now() + self.config.server.first_byte_timeout).min(deadline);
+        let mut req = self
+            .client
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(payload.clone());
+        req = match provider.kind {
+            Kind::Openai => match &provider.api_key {
+                Some(key) => req.bearer_auth(key),
+                None => req,
+            },
+            Kind::Anthropic => {
+                let req = req.header("anthropic-version", anthropic::API_VERSION);
+                match &provider.api_key {
+                    Some(key) => req.header("x-api-key", key),
+                    None => req,
+                }
+            }
+        };
+        let name = &provider.name;
+        let resp = match tokio::time::timeout_at(first_byte.into(), req.send()).await {
+            Err(_) => return Err(Failure::timeout(name)),
+            Ok(Err(e)) => return Err(Failure::connect(name, &e)),
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let text = tokio::time::timeout_at(first_byte.into(), read_capped(resp, 64 << 10))
+                .await
+                .unwrap_or_default();
+            return Err(Failure::status(provider, status, retry_after, &text));
+        }
+        if !stream {
+            let deadline = tokio::time::Instant::from(deadline);
+            return match tokio::time::timeout_at(deadline, read_all(resp)).await {
+                Err(_) => Err(Failure::timeout(name)),
+                Ok(Err(e)) => Err(Failure::died(name, &e)),
+                Ok(Ok(bytes)) => Ok(Answer::Whole(bytes)),
+            };
+        }
+        let mut stream = resp.bytes_stream().boxed();
+        let mut decoder = Decoder::default();
+        loop {
+            match decoder.next() {
+                Ok(Some(first)) => {
+                    return Ok(Answer::Stream {
+                        stream,
+                        decoder,
+                        first,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Failure::garbage(name, &e)),
+            }
+            match tokio::time::timeout_at(first_byte.into(), stream.next()).await {
+                Err(_) => return Err(Failure::timeout(name)),
+                Ok(Some(Ok(chunk))) => decoder.push(&chunk),
+                Ok(Some(Err(e))) => return Err(Failure::died(name, &e.to_string())),
+                Ok(None) => {
+                    return Err(Failure::died(
+                        name,
+                        "the stream ended before its first event",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A whole answer: checked, translated, usage taken, `model` set to
+    /// the model that served it.
+    fn whole(
+        &self,
+        bytes: Bytes,
+        model: &Model,
+        provider: &Provider,
+        record: &mut Record,
+    ) -> Result<Response, ApiError> {
+        let garbage = |why: String| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!(
+                    "upstream {} returned an invalid answer: {why}",
+                    provider.name
+                ),
+            )
+            .code("upstream_invalid_response")
+        };
+        let parsed: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = garbage(format!("not JSON ({e})"));
+                record.fail("upstream_error", &err.message);
+                return Err(err);
+            }
+        };
+        let answer = match provider.kind {
+            Kind::Openai if parsed.get("choices").is_some_and(Value::is_array) => parsed,
+            Kind::Openai => Err(garbage("no `choices`".into()))
+                .inspect_err(|e| record.fail("upstream_error", &e.message))?,
+            Kind::Anthropic => anthropic::to_chat_completion(&parsed, &model.model, unix_secs())
+                .map_err(garbage)
+                .inspect_err(|e| record.fail("upstream_error", &e.message))?,
+        };
+        record.usage = usage_of(&answer);
+        if let Some(choices) = answer.get("choices").and_then(Value::as_array) {
+            for c in choices {
+                record.output_chars += text_len(c.get("message"));
+            }
+        }
+        record.ttft();
+        record.finish("ok", None);
+        let bytes = match provider.kind {
+            // Passed through byte for byte.
+            Kind::Openai => bytes,
+            Kind::Anthropic => Bytes::from(answer.to_string()),
+        };
+        let mut r = http::Response::new(web::full(bytes));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        Ok(r)
+    }
+}
+
+struct Opened<'a> {
+    answer: Answer,
+    model: &'a Model,
+    provider: &'a Provider,
+}
+
+enum Answer {
+    Whole(Bytes),
+    Stream {
+        stream: BoxStream<'static, reqwest::Result<Bytes>>,
+        decoder: Decoder,
+        first: Event,
+    },
+}
+
+/// A failed attempt: the error the client would get, and whether another
+/// attempt may succeed.
+struct Failure {
+    error: ApiError,
+    retryable: bool,
+    kind: String,
+}
+
+impl Failure {
+    fn bad_gateway(kind: &str, message: String, retryable: bool) -> Failure {
+        Failure {
+            error: ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message),
+            retryable,
+            kind: kind.into(),
+        }
+    }
+
+    fn timeout(provider: &str) -> Failure {
+        Failure {
+            error: ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                format!("upstream {provider} did not answer in time"),
+            )
+            .code("upstream_timeout"),
+            retryable: true,
+            kind: "timeout".into(),
+        }
+    }
+
+    fn connect(provider: &str, e: &reqwest::Error) -> Failure {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            why = format!("{why}: {s}");
+            source = s.source();
+        }
+        Failure::bad_gateway(
+            "connect",
+            format!("cannot reach upstream {provider}: {why}"),
+            true,
+        )
+    }
+
+    fn died(provider: &str, why: &str) -> Failure {
+        Failure::bad_gateway(
+            "died",
+            format!("upstream {provider} broke off its answer: {why}"),
+            true,
+        )
+    }
+
+    fn garbage(provider: &str, why: &str) -> Failure {
+        Failure::bad_gateway(
+            "garbage",
+            format!("upstream {provider} returned an invalid answer: {why}"),
+            false,
+        )
+    }
+
+    fn status(
+        provider: &Provider,
+        status: StatusCode,
+        retry_after: Option<u64>,
+        body: &str,
+    ) -> Failure {
+        let detail = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| match provider.kind {
+                Kind::Anthropic => anthropic::error_message(&v),
+                Kind::Openai => v
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            })
+            .unwrap_or_else(|| {
+                body.chars()
+                    .take(200)
+                    .collect::<String>()
+                    .trim()
+                    .to_string()
+            });
+        let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+        // The caller's own mistakes keep their status; the upstream's
+        // failures are the gateway's.
+        let client_status = match status.as_u16() {
+            400 | 404 | 413 | 422 | 429 => status,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        let kind = if status.is_server_error() {
+            "status_5xx".to_string()
+        } else {
+            format!("status_{}", status.as_u16())
+        };
+        let mut error = ApiError::new(
+            client_status,
+            "upstream_error",
+            format!("upstream {} answered {status}: {detail}", provider.name),
+        );
+        error.retry_after = retry_after;
+        Failure {
+            error,
+            retryable,
+            kind,
+        }
+    }
+}
+
+fn backoff(server: &super::config::Server, attempt: u32, retry_after: Option<u64>) -> Duration {
+    let exp = server
+        .backoff
+        .saturating_mul(1u32 << (attempt - 1).min(16))
+        .min(server.max_backoff);
+    // Jitter: anywhere in the upper half, so retries do not arrive together.
+    let jittered = exp.mul_f64(0.5 + fastrand::f64() * 0.5);
+    match retry_after {
+        Some(secs) => jittered.max(Duration::from_secs(secs)),
+        None => jittered,
+    }
+}
+
+fn parse(body: &[u8]) -> Result<Ask, ApiError> {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(None, format!("the request body is not valid JSON: {e}")))?;
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::invalid(
+            None,
+            "the request body must be a JSON object",
+        ));
+    };
+    let requested = match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                Some("model"),
+                "`model` must be a non-empty string",
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                Some("model"),
+                "missing required parameter: `model`",
+            ));
+        }
+    };
+    let input_chars = match obj.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => {
+            m.iter().map(|m| text_len(Some(m)) + 4).sum::<usize>()
+        }
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid(
+                Some("messages"),
+                "`messages` must not be empty",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                Some("messages"),
+                "`messages` must be an array",
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                Some("messages"),
+                "missing required parameter: `messages`",
+            ));
+        }
+    };
+    let tools_chars = obj.get("tools").map(|t| t.to_string().len()).unwrap_or(0);
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                Some("stream"),
+                "`stream` must be a boolean",
+            ));
+        }
+    };
+    let wants_usage = stream
+        && obj
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
+    let max_output = obj
+        .get("max_completion_tokens")
+        .or_else(|| obj.get("max_tokens"))
+        .and_then(Value::as_u64);
+    Ok(Ask {
+        input_estimate: estimate_tokens(input_chars + tools_chars),
+        body,
+        requested,
+        stream,
+        wants_usage,
+        max_output,
+    })
+}
+
+/// Tokens, from characters: about four per token in English and code.
+fn estimate_tokens(chars: usize) -> u64 {
+    chars.div_ceil(4) as u64
+}
+
+/// Characters of text in a message or delta: content (string or parts)
+/// and tool-call arguments.
+fn text_len(message: Option<&Value>) -> usize {
+    let Some(m) = message else { return 0 };
+    let content = match m.get("content") {
+        Some(Value::String(s)) => s.len(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|p| p.get("text").and_then(Value::as_str).map_or(0, str::len))
+            .sum(),
+        _ => 0,
+    };
+    let tools = m
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map_or(0, |calls| {
+            calls
+                .iter()
+                .map(|c| {
+                    c.pointer("/function/arguments")
+                        .and_then(Value::as_str)
+                        .map_or(0, str::len)
+                        + c.pointer("/function/name")
+                            .and_then(Value::as_str)
+                            .map_or(0, str::len)
+                })
+                .sum()
+        });
+    content + tools
+}
+
+fn usage_of(v: &Value) -> Option<(u64, u64)> {
+    let u = v.get("usage")?;
+    Some((
+        u.get("prompt_tokens")?.as_u64()?,
+        u.get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    ))
+}
+
+/// The upstream URL and body for `model` at `provider`.
+fn request_for(provider: &Provider, model: &Model, ask: &Ask) -> Result<(String, Bytes), ApiError> {
+    match provider.kind {
+        Kind::Openai => {
+            let mut body = ask.body.clone();
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("model".into(), Value::String(model.model.clone()));
+                if ask.stream {
+                    // Ask for usage always, so streams are accounted exactly;
+                    // the chunk is removed again unless the client asked.
+                    let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
+                    if let Some(o) = opts.as_object_mut() {
+                        o.insert("include_usage".into(), Value::Bool(true));
+                    }
+                }
+            }
+            Ok((
+                format!("{}/chat/completions", provider.base_url),
+                Bytes::from(body.to_string()),
+            ))
+        }
+        Kind::Anthropic => {
+            let body = anthropic::to_messages_request(&ask.body, &model.model).map_err(|why| {
+                ApiError::invalid(None, format!("cannot be sent to {}: {why}", provider.name))
+            })?;
+            Ok((
+                format!("{}/messages", provider.base_url),
+                Bytes::from(body.to_string()),
+            ))
+        }
+    }
+}
+
+async fn read_capped(resp: reqwest::Response, cap: usize) -> String {
+    let mut out = Vec::new();
+    let mut s = resp.bytes_stream();
+    while let Some(Ok(chunk)) = s.next().await {
+        out.extend_from_slice(&chunk);
+        if out.len() >= cap {
+            out.truncate(cap);
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn read_all(resp: reqwest::Response) -> Result<Bytes, String> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n as usize > MAX_ANSWER_BYTES)
+    {
+        return Err(format!(
+            "an answer larger than {} MiB",
+            MAX_ANSWER_BYTES >> 20
+        ));
+    }
+    let mut out = bytes::BytesMut::new();
+    let mut s = resp.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| {
+            let mut why = e.to_string();
+            if let Some(src) = std::error::Error::source(&e) {
+                why = format!("{why}: {src}");
+            }
+            why
+        })?;
+        out.extend_from_slice(&chunk);
+        if out.len() > MAX_ANSWER_BYTES {
+            return Err(format!(
+                "an answer larger than {} MiB",
+                MAX_ANSWER_BYTES >> 20
+            ));
+        }
+    }
+    Ok(out.freeze())
+}
+
+fn unix_secs() -> i64 {
+    now_ms() / 1000
+}
+
+/// One call's accounting: written exactly once, when the call ends — or,
+/// if it is dropped (the client went away), as `client_closed`.
+struct Record {
+    sidecar: Arc<Sidecar>,
+    row: UsageRow,
+    started: Instant,
+    reservation: Option<Reservation>,
+    input_estimate: u64,
+    output_chars: usize,
+    /// (prompt, completion) tokens reported by the upstream.
+    usage: Option<(u64, u64)>,
+    /// An upstream accepted the call (or ran long enough to bill it).
+    billable: bool,
+    done: bool,
+}
+
+impl Record {
+    fn route(&self) -> metrics::Route {
+        metrics::Route {
+            agent: self.row.agent.clone(),
+            model: self.row.model_served.clone().unwrap_or_default(),
+            provider: self.row.provider.clone().unwrap_or_default(),
+        }
+    }
+
+    fn ttft(&mut self) {
+        if self.row.ttft_ms.is_none() {
+            self.row.ttft_ms = Some(self.started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    fn fail(&mut self, status: &str, why: &str) {
+        self.finish(status, Some(why.to_string()));
+    }
+
+    fn finish(&mut self, status: &str, detail: Option<String>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let s = &self.sidecar;
+        let now = now_ms();
+        let (tokens_in, tokens_out, estimated) = match self.usage {
+            Some((i, o)) => (i, o, false),
+            None if self.billable => (
+                self.input_estimate,
+                estimate_tokens(self.output_chars),
+                true,
+            ),
+            None => (0, 0, false),
+        };
+        let price = s
+            .config
+            .price(self.row.model_served.as_deref().unwrap_or(""));
+        let cost = (tokens_in as f64 * price.input + tokens_out as f64 * price.output) / 1e6;
+        if let Some(r) = self.reservation.take() {
+            r.settle(
+                Amount {
+                    tokens: tokens_in + tokens_out,
+                    usd: cost,
+                },
+                now,
+            );
+        }
+        let row = &mut self.row;
+        row.at = now;
+        row.tokens_in = tokens_in;
+        row.tokens_out = tokens_out;
+        row.estimated = estimated;
+        row.cost_usd = cost;
+        row.latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        row.status = status.to_string();
+        row.detail = detail;
+        let route = self.route();
+        let m = &s.metrics;
+        m.requests
+            .get_or_create(&metrics::Call {
+                agent: route.agent.clone(),
+                model: route.model.clone(),
+                provider: route.provider.clone(),
+                status: status.to_string(),
+            })
+            .inc();
+        for (direction, n) in [("in", tokens_in), ("out", tokens_out)] {
+            m.tokens
+                .get_or_create(&metrics::Tokens {
+                    agent: route.agent.clone(),
+                    model: route.model.clone(),
+                    provider: route.provider.clone(),
+                    direction: direction.into(),
+                })
+                .inc_by(n);
+        }
+        m.cost.get_or_create(&route).inc_by(cost);
+        m.latency
+            .get_or_create(&route)
+            .observe(self.started.elapsed().as_secs_f64());
+        s.usage.record(std::mem::take(&mut self.row));
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(
+                "client_closed",
+                Some("the client went away before the answer was complete".into()),
+            );
+        }
+    }
+}
+
+/// Relays a stream to the client event by event: translated (Anthropic),
+/// the usage chunk taken and removed unless asked for, and a proper error
+/// event if the upstream breaks off.
+struct Relay {
+    kind: Kind,
+    translator: Option<anthropic::StreamTranslator>,
+    wants_usage: bool,
+    record: Record,
+    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    deadline: Instant,
+}
+
+enum Next {
+    Event(Event),
+    End,
+    Died(String),
+    ClientGone,
+    Timeout,
+}
+
+impl Relay {
+    async fn run(
+        mut self,
+        mut stream: BoxStream<'static, reqwest::Result<Bytes>>,
+        mut decoder: Decoder,
+        first: Event,
+    ) {
+        let mut next = Next::Event(first);
+        loop {
+            match next {
+                Next::Event(event) => match self.event(event).await {
+                    Ok(true) => {
+                        self.record.finish("ok", None);
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(Some(why)) => return self.broke_off("upstream_error", &why).await,
+                    Err(None) => return self.record.finish("client_closed", None),
+                },
+                Next::End => {
+                    return self
+                        .broke_off("upstream_died", "the stream ended before it was complete")
+                        .await;
+                }
+                Next::Died(why) => return self.broke_off("upstream_died", &why).await,
+                Next::ClientGone => {
+                    // Dropping the upstream stream closes its connection:
+                    // the upstream stops generating.
+                    return self.record.finish("client_closed", None);
+                }
+                Next::Timeout => {
+                    return self
+                        .broke_off("timeout", "the call ran past server.timeout_secs")
+                        .await;
+                }
+            }
+            next = loop {
+                match decoder.next() {
+                    Ok(Some(e)) => break Next::Event(e),
+                    Ok(None) => {}
+                    Err(e) => break Next::Died(e),
+                }
+                tokio::select! {
+                    chunk = stream.next() => match chunk {
+                        Some(Ok(c)) => decoder.push(&c),
+                        Some(Err(e)) => break Next::Died(e.to_string()),
+                        None => break Next::End,
+                    },
+                    () = self.tx.closed() => break Next::ClientGone,
+                    () = tokio::time::sleep_until(self.deadline.into()) => break Next::Timeout,
+                }
+            };
+        }
+    }
+
+    /// Handles one upstream event. `Ok(true)` when the stream is complete;
+    /// `Err(Some)` when the upstream sent something wrong; `Err(None)` when
+    /// the client is gone.
+    async fn event(&mut self, event: Event) -> Result<bool, Option<String>> {
+        match self.kind {
+            Kind::Openai => {
+                if event.data.trim() == "[DONE]" {
+                    self.send(event.raw).await?;
+                    return Ok(true);
+                }
+                let v: Value = serde_json::from_str(&event.data)
+                    .map_err(|e| Some(format!("an event that is not JSON ({e})")))?;
+                if let Some(e) = v.get("error") {
+                    let why = e
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("an error event")
+                        .to_string();
+                    return Err(Some(why));
+                }
+                let choices = v.get("choices").and_then(Value::as_array);
+                if let Some(u) = usage_of(&v) {
+                    self.record.usage = Some(u);
+                }
+                let is_usage_chunk = choices.is_some_and(|c| c.is_empty())
+                    && v.get("usage").is_some_and(|u| !u.is_null());
+                if is_usage_chunk && !self.wants_usage {
+                    return Ok(false);
+                }
+                let chars: usize =
+                    choices.map_or(0, |c| c.iter().map(|c| text_len(c.get("delta"))).sum());
+                if chars > 0 {
+                    self.record.output_chars += chars;
+                    self.record.ttft();
+                }
+                self.send(event.raw).await?;
+                Ok(false)
+            }
+            Kind::Anthropic => {
+                let v: Value = serde_json::from_str(&event.data)
+                    .map_err(|e| Some(format!("an event that is not JSON ({e})")))?;
+                let Some(t) = self.translator.as_mut() else {
+                    return Ok(false);
+                };
+                let chunks = t.event(&event.name, &v).map_err(Some)?;
+                if let Some(u) = t.usage() {
+                    self.record.usage = Some(u);
+                }
+                let finished = t.finished();
+                for chunk in chunks {
+                    let choices = chunk.get("choices").and_then(Value::as_array);
+                    if choices.is_some_and(|c| c.is_empty()) && !self.wants_usage {
+                        continue;
+                    }
+                    let chars: usize =
+                        choices.map_or(0, |c| c.iter().map(|c| text_len(c.get("delta"))).sum());
+                    if chars > 0 {
+                        self.record.output_chars += chars;
+                        self.record.ttft();
+                    }
+                    self.send(Bytes::from(format!("data: {chunk}\n\n"))).await?;
+                }
+                if finished {
+                    self.send(Bytes::from_static(b"data: [DONE]\n\n")).await?;
+                }
+                Ok(finished)
+            }
+        }
+    }
+
+    async fn send(&self, bytes: Bytes) -> Result<(), Option<String>> {
+        self.tx.send(Ok(Frame::data(bytes))).await.map_err(|_| None)
+    }
+
+    /// The upstream failed mid-stream: the client gets an error event in
+    /// OpenAI's shape, and the call is recorded with what was received.
+    async fn broke_off(mut self, status: &str, why: &str) {
+        let provider = self.record.row.provider.clone().unwrap_or_default();
+        let message = format!("upstream {provider} broke off the stream: {why}");
+        let event = json!({ "error": {
+            "message": message,
+            "type": "upstream_error",
+            "param": null,
+            "code": "stream_interrupted",
+        }});
+        let _ = self.send(Bytes::from(format!("data: {event}\n\n"))).await;
+        self.record
+            .sidecar
+            .metrics
+            .upstream_errors
+            .get_or_create(&metrics::UpstreamError {
+                provider,
+                kind: status.to_string(),
+            })
+            .inc();
+        self.record.fail(status, &message);
+    }
+}

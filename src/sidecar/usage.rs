@@ -1,0 +1,89 @@
+//! The usage writer: one thread that owns a store connection and writes
+//! the rows calls hand it, in batches, so no call waits on SQLite.
+
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex};
+
+use anyhow::{Context, Result};
+
+use crate::store::Store;
+use crate::store::usage::UsageRow;
+
+pub struct Writer {
+    tx: Mutex<Sender<Msg>>,
+    /// Rows sent and rows written, to wait for the writer to catch up.
+    progress: Arc<(Mutex<(u64, u64)>, Condvar)>,
+}
+
+enum Msg {
+    Row(Box<UsageRow>),
+}
+
+/// Rows written in one transaction, at most.
+const BATCH: usize = 512;
+
+impl Writer {
+    pub fn start(store: Store) -> Result<Writer> {
+        let (tx, rx) = channel();
+        let progress = Arc::new((Mutex::new((0, 0)), Condvar::new()));
+        let p = progress.clone();
+        std::thread::Builder::new()
+            .name("cairn-usage".into())
+            .spawn(move || run(store, rx, p))
+            .context("starting the usage writer")?;
+        Ok(Writer {
+            tx: Mutex::new(tx),
+            progress,
+        })
+    }
+
+    pub fn record(&self, row: UsageRow) {
+        let (lock, _) = &*self.progress;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        // The writer only stops with the process.
+        let _ = tx.send(Msg::Row(Box::new(row)));
+    }
+
+    /// Blocks until every row recorded so far is committed.
+    pub fn flush(&self) {
+        let (lock, cvar) = &*self.progress;
+        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let target = g.0;
+        while g.1 < target {
+            g = cvar.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+fn run(mut store: Store, rx: Receiver<Msg>, progress: Arc<(Mutex<(u64, u64)>, Condvar)>) {
+    let mut batch: Vec<UsageRow> = Vec::with_capacity(BATCH);
+    while let Ok(first) = rx.recv() {
+        let Msg::Row(row) = first;
+        batch.push(*row);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Row(row)) => batch.push(*row),
+                Err(_) => break,
+            }
+        }
+        // A failed write is retried a few times; rows are not dropped
+        // silently: the error names how many.
+        let mut tries = 0;
+        while let Err(e) = store.record_usage(&batch) {
+            tries += 1;
+            if tries == 5 {
+                tracing::error!(
+                    "could not write {} usage row(s) to the store: {e:#}",
+                    batch.len()
+                );
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100 * tries));
+        }
+        let (lock, cvar) = &*progress;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).1 += batch.len() as u64;
+        cvar.notify_all();
+        batch.clear();
+    }
+}
