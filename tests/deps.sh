@@ -2,7 +2,9 @@
 # What the test suite needs beyond the Rust toolchain, installed where
 # missing: the wasm32-wasip2 target (guests), the CNCF distribution registry
 # and skopeo (Debian packages docker-registry, skopeo) and ORAS's Python
-# client (pip package oras), which the image tests run against.
+# client (pip package oras), which the image tests run against, and the
+# official OpenAI Python client (pip package openai), which the sidecar's
+# tests run against.
 set -eu
 
 rustup target add wasm32-wasip2
@@ -19,8 +21,10 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 
-if ! python3 -c "import oras.client" >/dev/null 2>&1; then
-    python3 -m pip install --quiet --user oras 2>/dev/null ||
-        python3 -m pip install --quiet oras 2>/dev/null ||
-        python3 -m pip install --quiet --break-system-packages oras
-fi
+pip_install() {
+    python3 -m pip install --quiet --user "$1" 2>/dev/null ||
+        python3 -m pip install --quiet "$1" 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages "$1"
+}
+python3 -c "import oras.client" >/dev/null 2>&1 || pip_install oras
+python3 -c "import openai" >/dev/null 2>&1 || pip_install openai

@@ -174,12 +174,14 @@ impl Ledger {
 
     /// Checks every budget that applies and, when none refuses, reserves
     /// `amount` in all of them. `Err` is the first budget that stops or
-    /// degrades the call (stopping ones first).
+    /// degrades the call (stopping ones first). A call already `degraded`
+    /// is refused only by budgets that stop: it is what they degrade to.
     pub fn reserve(
         self: &Arc<Self>,
         payer: &Payer<'_>,
         amount: Amount,
         now: i64,
+        degraded: bool,
     ) -> Result<Reservation, Exceeded> {
         let mut state = self.lock();
         let mut over: Vec<Exceeded> = Vec::new();
@@ -257,9 +259,9 @@ impl Ledger {
                 }
             }
         }
-        let (alerts, refusing): (Vec<_>, Vec<_>) = over
-            .into_iter()
-            .partition(|e| e.on_exceeded == OnExceeded::Alert);
+        let (alerts, refusing): (Vec<_>, Vec<_>) = over.into_iter().partition(|e| {
+            e.on_exceeded == OnExceeded::Alert || (degraded && e.on_exceeded == OnExceeded::Degrade)
+        });
         if let Some(first) = refusing
             .iter()
             .find(|e| e.on_exceeded == OnExceeded::Stop)
@@ -379,14 +381,16 @@ mod tests {
 
     #[test]
     fn reservations_count_against_the_limit_until_settled() {
+        // Dropping a reservation settles it at the current time.
+        let now = crate::store::now_ms();
         let l = ledger("[budgets.global]\ntokens_per_day = 100\n");
         let ask = Amount {
             tokens: 40,
             usd: 0.0,
         };
-        let r1 = l.reserve(&payer(), ask, NOW).unwrap();
-        let r2 = l.reserve(&payer(), ask, NOW).unwrap();
-        let e = l.reserve(&payer(), ask, NOW).err().unwrap();
+        let r1 = l.reserve(&payer(), ask, now, false).unwrap();
+        let r2 = l.reserve(&payer(), ask, now, false).unwrap();
+        let e = l.reserve(&payer(), ask, now, false).err().unwrap();
         assert_eq!(
             e.to_string(),
             "budget exceeded: global tokens_per_day: 0 tokens spent + 80 tokens in flight + 40 tokens asked > 100 tokens"
@@ -396,11 +400,11 @@ mod tests {
                 tokens: 10,
                 usd: 0.0,
             },
-            NOW,
+            now,
         );
         drop(r2); // unsettled: counted in full
         assert_eq!(
-            l.remaining(NOW),
+            l.remaining(now),
             vec![("global".to_string(), "tokens_per_day", 50.0)]
         );
         // The next day starts afresh.
@@ -411,7 +415,8 @@ mod tests {
                     tokens: 90,
                     usd: 0.0
                 },
-                NOW + 86_400_000
+                now + 86_400_000,
+                false
             )
             .is_ok()
         );
@@ -429,6 +434,7 @@ mod tests {
                 usd: 2.0,
             },
             NOW,
+            false,
         );
         assert_eq!(r.err().unwrap().on_exceeded, OnExceeded::Degrade);
         let p = Payer {
@@ -443,6 +449,7 @@ mod tests {
                     usd: 0.5,
                 },
                 NOW,
+                false,
             )
             .err()
             .unwrap();
@@ -458,6 +465,7 @@ mod tests {
                     usd: 0.0,
                 },
                 NOW,
+                false,
             )
             .unwrap();
         assert!(ok.alerts.is_empty());
@@ -468,6 +476,7 @@ mod tests {
             },
             NOW,
         );
+        // Already degraded: the degrading budget no longer refuses.
         let alerted = l
             .reserve(
                 &payer(),
@@ -476,12 +485,13 @@ mod tests {
                     usd: 0.0,
                 },
                 NOW,
+                true,
             )
             .unwrap();
         assert_eq!(
             alerted.alerts.len(),
-            1,
-            "the global month is over, which only alerts"
+            2,
+            "the agent's day degrades (already done) and the global month alerts"
         );
     }
 

@@ -187,10 +187,13 @@ impl Sidecar {
                 tokens: ask.input_estimate + output,
                 usd: (ask.input_estimate as f64 * price.input + output as f64 * price.output) / 1e6,
             };
-            let exceeded = match self.ledger.reserve(&payer, amount, now_ms()) {
+            let exceeded = match self
+                .ledger
+                .reserve(&payer, amount, now_ms(), degraded.is_some())
+            {
                 Ok(r) => {
                     for a in &r.alerts {
-                        tracing::warn!(agent = %caller.agent, "{a} (on_exceeded = \"alert\": the call passes)");
+                        tracing::warn!(agent = %caller.agent, "{a}; the call passes");
                         self.count_exceeded(a);
                     }
                     return Ok((model, r, degraded));

@@ -241,7 +241,7 @@ impl Config {
         let file: File = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| format!("line {}: ", text[..s.start].lines().count().max(1)))
+                .map(|s| format!("line {}: ", text[..s.start].matches('\n').count() + 1))
                 .unwrap_or_default();
             ConfigError(format!("{origin}: {line}{}", e.message()))
         })?;

@@ -9,8 +9,10 @@ mod faults;
 mod images;
 mod registry;
 mod run_cli;
+mod sidecar;
 mod tidy;
 mod timeline;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
