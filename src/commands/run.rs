@@ -47,6 +47,9 @@ pub struct RunCommand {
     /// Why the dispatch happens: a2a, heartbeat, job:NAME, task:NAME, trigger:NAME, continuation:NAME
     #[arg(long, default_value = "a2a")]
     pub kind: Kind,
+    /// The model the dispatch asks for (a model alias of the sidecar)
+    #[arg(long, value_name = "ALIAS")]
+    pub model: Option<String>,
     /// The session the dispatch continues [default: a new one]
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
@@ -105,7 +108,8 @@ impl RunCommand {
             memory_bytes: (self.memory as usize) << 20,
             ..Limits::default()
         };
-        let dispatch = Dispatch::new(AGENT, self.kind, prompt, self.session);
+        let mut dispatch = Dispatch::new(AGENT, self.kind, prompt, self.session);
+        dispatch.model = self.model;
         // Every dispatch goes through the timeline: recorded at its start,
         // a step at every model call, rolled back if the guest fails.
         let mut timeline = Timeline::open(&data, workspace.path(), true)?;

@@ -2,35 +2,44 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use crate::*;
 
 /// Builds `guests/echo-rs` once per test run (needs `rustup target add wasm32-wasip2`).
-pub(crate) fn echo_rs() -> &'static PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let target_dir = repo().join("target/guests");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(repo().join("guests/echo-rs/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "building guests/echo-rs (is the wasm32-wasip2 target installed?): {}",
-            stderr(&out)
-        );
-        target_dir.join("wasm32-wasip2/release/echo-rs.wasm")
-    })
+pub(crate) fn echo_rs() -> PathBuf {
+    rust_guest("echo-rs")
+}
+
+/// Builds the Rust guest `guests/<name>` once per test run.
+pub(crate) fn rust_guest(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let target_dir = repo().join("target/guests");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(repo().join("guests").join(name).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building guests/{name} (is the wasm32-wasip2 target installed?): {}",
+        stderr(&out)
+    );
+    let path = target_dir.join(format!("wasm32-wasip2/release/{name}.wasm"));
+    built.push((name.to_string(), path.clone()));
+    path
 }
 
 #[test]

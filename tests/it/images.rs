@@ -115,7 +115,7 @@ fn a_component_is_pushed_with_its_world() {
     let r = format!("{}/guests/echo-rs:1", reg.host());
     let env = Env::new();
     let component = crate::component::echo_rs();
-    push(&env, component, &r);
+    push(&env, &component, &r);
     let v: serde_json::Value =
         serde_json::from_str(&ok(&env.run(&r, &["hello", "--json"]))).unwrap();
     assert_eq!(v["guest"]["shape"], "component");

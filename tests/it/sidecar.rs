@@ -804,3 +804,121 @@ fn the_official_openai_python_client_works() {
         ]
     );
 }
+
+/// `cairn run` of the `ask` guest with a sidecar configuration.
+fn run_ask(up: &Upstream, extra: &str, args: &[&str]) -> (Env, std::process::Output) {
+    let env = Env::new();
+    let path = env.data.path().join("sidecar.toml");
+    std::fs::write(&path, config(up, extra)).unwrap();
+    let out = env
+        .cairn()
+        .arg("run")
+        .arg(crate::component::rust_guest("ask"))
+        .arg("--workspace")
+        .arg(env.workspace.path())
+        .arg("--sidecar")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    (env, out)
+}
+
+#[test]
+fn a_guest_reaches_the_sidecar_in_process_and_each_call_is_a_step() {
+    let up = Upstream::start();
+    up.script([Behavior::reply("first"), Behavior::reply("second")]);
+    let (env, out) = run_ask(
+        &up,
+        "",
+        &["--model", "small", "--json", "REPEAT 2 Say hello."],
+    );
+    assert!(out.status.success(), "{}", crate::stderr(&out));
+    let v: Value = serde_json::from_str(&crate::stdout(&out)).unwrap();
+    assert_eq!(v["reply"]["text"], "second");
+    let dispatch = v["dispatch"]["id"].as_str().unwrap();
+
+    // Both calls reached the upstream, with the sidecar's key handling,
+    // not anything the guest sent.
+    let sent = up.requests();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].body["model"], "fake-small");
+    assert_eq!(sent[0].header("authorization"), None);
+
+    // Each call is recorded against the dispatch and its own step.
+    let rows = usage_rows(env.data.path(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r["agent"] == "cli" && r["dispatch"] == dispatch),
+        "{rows:?}"
+    );
+    assert_ne!(rows[0]["step"], rows[1]["step"]);
+    let log = env
+        .cairn()
+        .args(["log", "--dispatch", dispatch])
+        .output()
+        .unwrap();
+    let log = crate::stdout(&log);
+    assert_eq!(log.matches("model-call").count(), 2, "{log}");
+    assert!(log.contains("model small"), "{log}");
+}
+
+#[test]
+fn a_guest_streams_through_the_sidecar() {
+    let up = Upstream::start();
+    let (_env, out) = run_ask(&up, "", &["--model", "claude", "STREAM Say hello."]);
+    assert!(out.status.success(), "{}", crate::stderr(&out));
+    assert_eq!(crate::stdout(&out).trim(), "Hello from the fake upstream.");
+    assert_eq!(up.requests()[0].path, "/v1/messages");
+}
+
+#[test]
+fn a_guest_is_denied_other_hosts_unless_its_agent_allows_them() {
+    let up = Upstream::start();
+    let url = format!("{}/v1/models", up.url);
+    let port = up.url.rsplit(':').next().unwrap().to_string();
+
+    let (env, out) = run_ask(&up, "", &["--json", &format!("GET {url}")]);
+    assert_eq!(out.status.code(), Some(5), "{}", crate::stderr(&out));
+    let v: Value = serde_json::from_str(&crate::stdout(&out)).unwrap();
+    let reply = v["reply"]["text"].as_str().unwrap();
+    let config = env.data.path().join("sidecar.toml").display().to_string();
+    assert!(
+        reply.contains(&format!(
+            "HTTP request denied: 127.0.0.1:{port} is not an allowed host; allow it with \\\"127.0.0.1\\\" in allow_hosts of [agents.cli] in {config}"
+        )),
+        "{reply}"
+    );
+    assert_eq!(
+        up.hits() + up.requests().len(),
+        0,
+        "nothing reached the host"
+    );
+
+    let allowed = format!("[agents.cli]\nallow_hosts = [\"127.0.0.1:{port}\"]\n");
+    let (_env, out) = run_ask(&up, &allowed, &[&format!("GET {url}")]);
+    assert!(out.status.success(), "{}", crate::stderr(&out));
+    assert!(
+        crate::stdout(&out).starts_with("200 "),
+        "{}",
+        crate::stdout(&out)
+    );
+
+    // Without a sidecar there is no model and no outside host.
+    let env = Env::new();
+    let out = env
+        .cairn()
+        .arg("run")
+        .arg(crate::component::rust_guest("ask"))
+        .arg("--json")
+        .arg(format!("GET {url}"))
+        .env_remove("CAIRN_SIDECAR_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        crate::stdout(&out).contains("cairn run --sidecar FILE"),
+        "{}",
+        crate::stdout(&out)
+    );
+}

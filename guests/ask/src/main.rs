@@ -11,8 +11,9 @@
 //!    user message (model: the dispatch's, else `$CAIRN_MODEL`, else
 //!    `default`; `max_tokens` when the dispatch has one) and the reply is the
 //!    assistant's message. A prompt `STREAM <text>` asks for a streamed (SSE)
-//!    reply and writes a `progress` event per chunk. `CAIRN_ASK_CALLS=N`
-//!    makes N calls in a row, the reply being the last one's;
+//!    reply and writes a `progress` event per chunk. A prompt
+//!    `REPEAT <n> <text>` makes n calls in a row, the reply being the last
+//!    one's;
 //! 4. logs `ask: <method> <url> -> <status>` on stderr per request.
 //!
 //! A failure (no `OPENAI_BASE_URL`, a refused or failed request, a non-2xx
@@ -254,9 +255,16 @@ fn run() -> Result<String, String> {
 
     let base = std::env::var("OPENAI_BASE_URL").map_err(|_| "OPENAI_BASE_URL is not set")?;
     let url = format!("{}/chat/completions", base.trim_end_matches('/'));
-    let (prompt, stream) = match dispatch.prompt.strip_prefix("STREAM ") {
+    let (calls, prompt) = match dispatch.prompt.strip_prefix("REPEAT ") {
+        Some(rest) => {
+            let (n, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            (n.parse::<u32>().unwrap_or(1), text)
+        }
+        None => (1, dispatch.prompt.as_str()),
+    };
+    let (prompt, stream) = match prompt.strip_prefix("STREAM ") {
         Some(rest) => (rest, true),
-        None => (dispatch.prompt.as_str(), false),
+        None => (prompt, false),
     };
     let model = dispatch.model.or_else(|| std::env::var("CAIRN_MODEL").ok());
     let mut body = json!({
@@ -271,10 +279,6 @@ fn run() -> Result<String, String> {
     }
     let body = body.to_string().into_bytes();
 
-    let calls = std::env::var("CAIRN_ASK_CALLS")
-        .ok()
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(1);
     let mut reply = String::new();
     for _ in 0..calls.max(1) {
         reply = ask(&url, &body, stream)?;
