@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use http::StatusCode;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use serde_json::{Value, json};
 
@@ -119,8 +119,6 @@ impl Sidecar {
                 decoder,
                 first,
             } => {
-                let (tx, mut rx) =
-                    tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
                 let relay = Relay {
                     kind: opened.provider.kind,
                     translator: (opened.provider.kind == Kind::Anthropic).then(|| {
@@ -128,13 +126,15 @@ impl Sidecar {
                     }),
                     wants_usage: ask.wants_usage,
                     record,
-                    tx,
-                    deadline: started + self.config.server.timeout,
+                    stream,
+                    decoder,
+                    first: Some(first),
+                    deadline: Box::pin(tokio::time::sleep_until(
+                        (started + self.config.server.timeout).into(),
+                    )),
+                    ended: false,
                 };
-                tokio::spawn(relay.run(stream, decoder, first));
-                let body =
-                    StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-                let mut r = http::Response::new(BodyExt::boxed_unsync(body));
+                let mut r = http::Response::new(BodyExt::boxed_unsync(relay));
                 let h = r.headers_mut();
                 h.insert(
                     http::header::CONTENT_TYPE,
@@ -453,36 +453,36 @@ impl Sidecar {
             )
             .code("upstream_invalid_response")
         };
-        let parsed: Value = match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(e) => {
-                let err = garbage(format!("not JSON ({e})"));
-                record.fail("upstream_error", &err.message);
-                return Err(err);
+        let fail = |record: &mut Record, e: ApiError| {
+            record.fail("upstream_error", &e.message);
+            e
+        };
+        let body = match provider.kind {
+            // Passed through byte for byte; only `usage` is read, unless
+            // the upstream gave none and the text must be measured.
+            Kind::Openai => {
+                let lite: LiteAnswer = serde_json::from_slice(&bytes)
+                    .map_err(|e| fail(record, garbage(format!("not a chat completion ({e})"))))?;
+                record.usage = lite.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
+                if record.usage.is_none() {
+                    let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                    record.output_chars += output_chars(&v);
+                }
+                bytes
+            }
+            Kind::Anthropic => {
+                let parsed: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| fail(record, garbage(format!("not JSON ({e})"))))?;
+                let answer = anthropic::to_chat_completion(&parsed, &model.model, unix_secs())
+                    .map_err(|e| fail(record, garbage(e)))?;
+                record.usage = usage_of(&answer);
+                record.output_chars += output_chars(&answer);
+                Bytes::from(answer.to_string())
             }
         };
-        let answer = match provider.kind {
-            Kind::Openai if parsed.get("choices").is_some_and(Value::is_array) => parsed,
-            Kind::Openai => Err(garbage("no `choices`".into()))
-                .inspect_err(|e| record.fail("upstream_error", &e.message))?,
-            Kind::Anthropic => anthropic::to_chat_completion(&parsed, &model.model, unix_secs())
-                .map_err(garbage)
-                .inspect_err(|e| record.fail("upstream_error", &e.message))?,
-        };
-        record.usage = usage_of(&answer);
-        if let Some(choices) = answer.get("choices").and_then(Value::as_array) {
-            for c in choices {
-                record.output_chars += text_len(c.get("message"));
-            }
-        }
         record.ttft();
         record.finish("ok", None);
-        let bytes = match provider.kind {
-            // Passed through byte for byte.
-            Kind::Openai => bytes,
-            Kind::Anthropic => Bytes::from(answer.to_string()),
-        };
-        let mut r = http::Response::new(web::full(bytes));
+        let mut r = http::Response::new(web::full(body));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
@@ -741,6 +741,73 @@ fn text_len(message: Option<&Value>) -> usize {
     content + tools
 }
 
+/// What is read of a streamed OpenAI chunk.
+#[derive(serde::Deserialize)]
+struct LiteChunk<'a> {
+    #[serde(borrow)]
+    choices: Option<Vec<LiteChoice<'a>>>,
+    usage: Option<LiteUsage>,
+    #[serde(borrow)]
+    error: Option<LiteError<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LiteChoice<'a> {
+    #[serde(borrow)]
+    delta: Option<LiteDelta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LiteDelta<'a> {
+    #[serde(borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<LiteToolCall<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LiteToolCall<'a> {
+    #[serde(borrow)]
+    function: Option<LiteFunction<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LiteFunction<'a> {
+    #[serde(borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    arguments: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LiteError<'a> {
+    #[serde(borrow)]
+    message: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// What is read of a whole OpenAI answer: that it has `choices`, and its
+/// usage.
+#[derive(serde::Deserialize)]
+struct LiteAnswer {
+    #[serde(rename = "choices")]
+    _choices: Vec<serde::de::IgnoredAny>,
+    usage: Option<LiteUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct LiteUsage {
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+fn output_chars(answer: &Value) -> usize {
+    answer
+        .get("choices")
+        .and_then(Value::as_array)
+        .map_or(0, |c| c.iter().map(|c| text_len(c.get("message"))).sum())
+}
+
 fn usage_of(v: &Value) -> Option<(u64, u64)> {
     let u = v.get("usage")?;
     Some((
@@ -943,158 +1010,190 @@ impl Drop for Record {
     }
 }
 
-/// Relays a stream to the client event by event: translated (Anthropic),
-/// the usage chunk taken and removed unless asked for, and a proper error
-/// event if the upstream breaks off.
+/// Relays a stream to the client as its response body: translated
+/// (Anthropic), the usage chunk taken and removed unless asked for, and a
+/// proper error event if the upstream breaks off. It is pulled by the
+/// client's connection (no task, no channel), and every event already
+/// received goes out in one write. When the client goes away the body is
+/// dropped, which drops the upstream stream (closing its connection, so
+/// the upstream stops generating) and records the call as `client_closed`.
 struct Relay {
     kind: Kind,
     translator: Option<anthropic::StreamTranslator>,
     wants_usage: bool,
     record: Record,
-    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
-    deadline: Instant,
+    stream: BoxStream<'static, reqwest::Result<Bytes>>,
+    decoder: Decoder,
+    first: Option<Event>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    ended: bool,
 }
 
-enum Next {
-    Event(Event),
-    End,
-    Died(String),
-    ClientGone,
-    Timeout,
+impl hyper::body::Body for Relay {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let mut out = bytes::BytesMut::new();
+        loop {
+            let next = match this.first.take() {
+                Some(e) => Ok(Some(e)),
+                None => this.decoder.next(),
+            };
+            match next {
+                Ok(Some(event)) => match this.event(event, &mut out) {
+                    Ok(false) => continue,
+                    Ok(true) => {
+                        this.ended = true;
+                        this.record.finish("ok", None);
+                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                    }
+                    Err(why) => {
+                        this.broke_off("upstream_error", &why, &mut out);
+                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                    }
+                },
+                Ok(None) => {}
+                Err(why) => {
+                    this.broke_off("upstream_died", &why, &mut out);
+                    return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                }
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+            }
+            let (status, why) = match this.stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.decoder.push(&chunk);
+                    continue;
+                }
+                Poll::Ready(Some(Err(e))) => ("upstream_died", e.to_string()),
+                Poll::Ready(None) => (
+                    "upstream_died",
+                    "the stream ended before it was complete".to_string(),
+                ),
+                Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => (
+                        "timeout",
+                        "the call ran past server.timeout_secs".to_string(),
+                    ),
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            this.broke_off(status, &why, &mut out);
+            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
 }
 
 impl Relay {
-    async fn run(
-        mut self,
-        mut stream: BoxStream<'static, reqwest::Result<Bytes>>,
-        mut decoder: Decoder,
-        first: Event,
-    ) {
-        let mut next = Next::Event(first);
-        loop {
-            match next {
-                Next::Event(event) => match self.event(event).await {
-                    Ok(true) => {
-                        self.record.finish("ok", None);
-                        return;
-                    }
-                    Ok(false) => {}
-                    Err(Some(why)) => return self.broke_off("upstream_error", &why).await,
-                    Err(None) => return self.record.finish("client_closed", None),
-                },
-                Next::End => {
-                    return self
-                        .broke_off("upstream_died", "the stream ended before it was complete")
-                        .await;
-                }
-                Next::Died(why) => return self.broke_off("upstream_died", &why).await,
-                Next::ClientGone => {
-                    // Dropping the upstream stream closes its connection:
-                    // the upstream stops generating.
-                    return self.record.finish("client_closed", None);
-                }
-                Next::Timeout => {
-                    return self
-                        .broke_off("timeout", "the call ran past server.timeout_secs")
-                        .await;
-                }
-            }
-            next = loop {
-                match decoder.next() {
-                    Ok(Some(e)) => break Next::Event(e),
-                    Ok(None) => {}
-                    Err(e) => break Next::Died(e),
-                }
-                tokio::select! {
-                    chunk = stream.next() => match chunk {
-                        Some(Ok(c)) => decoder.push(&c),
-                        Some(Err(e)) => break Next::Died(e.to_string()),
-                        None => break Next::End,
-                    },
-                    () = self.tx.closed() => break Next::ClientGone,
-                    () = tokio::time::sleep_until(self.deadline.into()) => break Next::Timeout,
-                }
-            };
+    /// Handles one upstream event, appending what the client gets to
+    /// `out`. `Ok(true)` when the stream is complete; `Err` when the
+    /// upstream sent something wrong.
+    fn event(&mut self, event: Event, out: &mut bytes::BytesMut) -> Result<bool, String> {
+        if self.kind == Kind::Openai {
+            return self.openai_event(event, out);
         }
-    }
-
-    /// Handles one upstream event. `Ok(true)` when the stream is complete;
-    /// `Err(Some)` when the upstream sent something wrong; `Err(None)` when
-    /// the client is gone.
-    async fn event(&mut self, event: Event) -> Result<bool, Option<String>> {
-        match self.kind {
-            Kind::Openai => {
-                if event.data.trim() == "[DONE]" {
-                    self.send(event.raw).await?;
-                    return Ok(true);
-                }
-                let v: Value = serde_json::from_str(&event.data)
-                    .map_err(|e| Some(format!("an event that is not JSON ({e})")))?;
-                if let Some(e) = v.get("error") {
-                    let why = e
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("an error event")
-                        .to_string();
-                    return Err(Some(why));
-                }
-                let choices = v.get("choices").and_then(Value::as_array);
-                if let Some(u) = usage_of(&v) {
-                    self.record.usage = Some(u);
-                }
-                let is_usage_chunk = choices.is_some_and(|c| c.is_empty())
-                    && v.get("usage").is_some_and(|u| !u.is_null());
-                if is_usage_chunk && !self.wants_usage {
-                    return Ok(false);
-                }
-                let chars: usize =
-                    choices.map_or(0, |c| c.iter().map(|c| text_len(c.get("delta"))).sum());
-                if chars > 0 {
-                    self.record.output_chars += chars;
-                    self.record.ttft();
-                }
-                self.send(event.raw).await?;
-                Ok(false)
-            }
-            Kind::Anthropic => {
-                let v: Value = serde_json::from_str(&event.data)
-                    .map_err(|e| Some(format!("an event that is not JSON ({e})")))?;
-                let Some(t) = self.translator.as_mut() else {
-                    return Ok(false);
-                };
-                let chunks = t.event(&event.name, &v).map_err(Some)?;
-                if let Some(u) = t.usage() {
-                    self.record.usage = Some(u);
-                }
-                let finished = t.finished();
-                for chunk in chunks {
-                    let choices = chunk.get("choices").and_then(Value::as_array);
-                    if choices.is_some_and(|c| c.is_empty()) && !self.wants_usage {
-                        continue;
-                    }
-                    let chars: usize =
-                        choices.map_or(0, |c| c.iter().map(|c| text_len(c.get("delta"))).sum());
-                    if chars > 0 {
-                        self.record.output_chars += chars;
-                        self.record.ttft();
-                    }
-                    self.send(Bytes::from(format!("data: {chunk}\n\n"))).await?;
-                }
-                if finished {
-                    self.send(Bytes::from_static(b"data: [DONE]\n\n")).await?;
-                }
-                Ok(finished)
+        let v: Value = serde_json::from_str(event.data.trim())
+            .map_err(|e| format!("an event that is not JSON ({e})"))?;
+        let Some(t) = self.translator.as_mut() else {
+            return Ok(false);
+        };
+        let chunks = t.event(&event.name, &v)?;
+        if let Some(u) = t.usage() {
+            self.record.usage = Some(u);
+        }
+        let finished = t.finished();
+        for chunk in chunks {
+            if self.pass(&chunk) {
+                out.extend_from_slice(format!("data: {chunk}\n\n").as_bytes());
             }
         }
+        if finished {
+            out.extend_from_slice(b"data: [DONE]\n\n");
+        }
+        Ok(finished)
     }
 
-    async fn send(&self, bytes: Bytes) -> Result<(), Option<String>> {
-        self.tx.send(Ok(Frame::data(bytes))).await.map_err(|_| None)
+    /// An OpenAI event, read only as far as accounting needs (a borrowed
+    /// shape, no tree), and passed on byte for byte.
+    fn openai_event(&mut self, event: Event, out: &mut bytes::BytesMut) -> Result<bool, String> {
+        if event.data.trim() == "[DONE]" {
+            out.extend_from_slice(&event.raw);
+            return Ok(true);
+        }
+        let chunk: LiteChunk<'_> = serde_json::from_str(&event.data)
+            .map_err(|e| format!("an event that is not a chunk ({e})"))?;
+        if let Some(e) = chunk.error {
+            return Err(e
+                .message
+                .map_or_else(|| "an error event".to_string(), |m| m.into_owned()));
+        }
+        let choices = chunk.choices.unwrap_or_default();
+        if let Some(u) = &chunk.usage {
+            self.record.usage = Some((u.prompt_tokens, u.completion_tokens));
+            if choices.is_empty() && !self.wants_usage {
+                return Ok(false);
+            }
+        }
+        let chars: usize = choices
+            .iter()
+            .filter_map(|c| c.delta.as_ref())
+            .map(|d| {
+                d.content.as_ref().map_or(0, |c| c.len())
+                    + d.tool_calls.as_ref().map_or(0, |calls| {
+                        calls
+                            .iter()
+                            .filter_map(|c| c.function.as_ref())
+                            .map(|f| {
+                                f.name.as_ref().map_or(0, |n| n.len())
+                                    + f.arguments.as_ref().map_or(0, |a| a.len())
+                            })
+                            .sum()
+                    })
+            })
+            .sum();
+        if chars > 0 {
+            self.record.output_chars += chars;
+            self.record.ttft();
+        }
+        out.extend_from_slice(&event.raw);
+        Ok(false)
+    }
+
+    /// Whether a chunk goes to the client (the usage chunk only when asked
+    /// for), counting its text for estimates and time to first token.
+    fn pass(&mut self, chunk: &Value) -> bool {
+        let choices = chunk.get("choices").and_then(Value::as_array);
+        let usage_chunk = choices.is_some_and(|c| c.is_empty())
+            && chunk.get("usage").is_some_and(|u| !u.is_null());
+        if usage_chunk && !self.wants_usage {
+            return false;
+        }
+        let chars: usize = choices.map_or(0, |c| c.iter().map(|c| text_len(c.get("delta"))).sum());
+        if chars > 0 {
+            self.record.output_chars += chars;
+            self.record.ttft();
+        }
+        true
     }
 
     /// The upstream failed mid-stream: the client gets an error event in
     /// OpenAI's shape, and the call is recorded with what was received.
-    async fn broke_off(mut self, status: &str, why: &str) {
+    fn broke_off(&mut self, status: &str, why: &str, out: &mut bytes::BytesMut) {
+        self.ended = true;
         let provider = self.record.row.provider.clone().unwrap_or_default();
         let message = format!("upstream {provider} broke off the stream: {why}");
         let event = json!({ "error": {
@@ -1103,7 +1202,7 @@ impl Relay {
             "param": null,
             "code": "stream_interrupted",
         }});
-        let _ = self.send(Bytes::from(format!("data: {event}\n\n"))).await;
+        out.extend_from_slice(format!("data: {event}\n\n").as_bytes());
         self.record
             .sidecar
             .metrics
