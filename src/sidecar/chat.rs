@@ -107,7 +107,7 @@ impl Sidecar {
         let mut response = match opened.answer {
             Answer::Whole(bytes) => {
                 let after = Instant::now();
-                let r = self.whole(bytes, &opened.model, &opened.provider, &mut record)?;
+                let r = self.whole(bytes, opened.model, opened.provider, &mut record)?;
                 self.metrics
                     .overhead
                     .get_or_create(&route)
