@@ -17,3 +17,5 @@ cargo bench --bench concurrency 2>/dev/null
 cargo bench --bench timeline -- --noplot 2>&1 | grep -E '^(first|store|boundary by)|^[a-z]+/|time:'
 # Guest images: a 10 MB pull beside curl, and a cached run (needs docker-registry).
 benches/pull.sh
+# The sidecar beside direct calls to the fake upstream (about 1 minute).
+cargo bench --bench sidecar 2>/dev/null
