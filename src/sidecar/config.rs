@@ -438,7 +438,31 @@ impl Config {
             agents,
         };
         config.warn_unpriced();
+        config.warn_missing_keys();
         Ok(config)
+    }
+
+    /// A key variable that is named but not set is a call refused later by
+    /// the upstream (401), or an agent shut out of the port: said at load.
+    fn warn_missing_keys(&self) {
+        for p in self.providers.values() {
+            if let (Some(var), None) = (&p.api_key_env, &p.api_key) {
+                tracing::warn!(
+                    "{}: providers.{}.api_key_env: ${var} is not set; calls go to {} without a key",
+                    self.origin,
+                    p.name,
+                    p.base_url
+                );
+            }
+        }
+        for (name, a) in &self.agents {
+            if let (Some(var), None) = (&a.key_env, &a.key) {
+                tracing::warn!(
+                    "{}: agents.{name}.key_env: ${var} is not set; agent {name} cannot use the port",
+                    self.origin
+                );
+            }
+        }
     }
 
     /// A dollar budget cannot see a model without a price: said once, at load.
