@@ -94,7 +94,7 @@ pub async fn serve<H: Handler>(
             async move { Ok::<_, Infallible>(handler.handle(peer, req).await) }
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

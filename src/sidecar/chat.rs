@@ -120,7 +120,6 @@ impl Sidecar {
                 first,
             } => {
                 let relay = Relay {
-                    kind: opened.provider.kind,
                     translator: (opened.provider.kind == Kind::Anthropic).then(|| {
                         anthropic::StreamTranslator::new(&opened.model.model, unix_secs())
                     }),
@@ -325,17 +324,11 @@ impl Sidecar {
                     record.fail("billed_failure", &failure.error.message);
                     return Err(failure.error);
                 }
-                let retry = failure.retryable;
-                last = Some(failure.error);
-                if !retry {
-                    record.fail(
-                        "upstream_error",
-                        &last.as_ref().map(|e| e.message.clone()).unwrap_or_default(),
-                    );
-                    return Err(last.unwrap_or_else(|| {
-                        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", "")
-                    }));
+                if !failure.retryable {
+                    record.fail("upstream_error", &failure.error.message);
+                    return Err(failure.error);
                 }
+                last = Some(failure.error);
             }
         }
         let error = last.unwrap_or_else(|| {
@@ -1018,7 +1011,7 @@ impl Drop for Record {
 /// dropped, which drops the upstream stream (closing its connection, so
 /// the upstream stops generating) and records the call as `client_closed`.
 struct Relay {
-    kind: Kind,
+    /// Set for an Anthropic upstream; OpenAI events pass through as they are.
     translator: Option<anthropic::StreamTranslator>,
     wants_usage: bool,
     record: Record,
@@ -1103,14 +1096,11 @@ impl Relay {
     /// `out`. `Ok(true)` when the stream is complete; `Err` when the
     /// upstream sent something wrong.
     fn event(&mut self, event: Event, out: &mut bytes::BytesMut) -> Result<bool, String> {
-        if self.kind == Kind::Openai {
+        let Some(t) = self.translator.as_mut() else {
             return self.openai_event(event, out);
-        }
+        };
         let v: Value = serde_json::from_str(event.data.trim())
             .map_err(|e| format!("an event that is not JSON ({e})"))?;
-        let Some(t) = self.translator.as_mut() else {
-            return Ok(false);
-        };
         let chunks = t.event(&event.name, &v)?;
         if let Some(u) = t.usage() {
             self.record.usage = Some(u);

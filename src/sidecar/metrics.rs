@@ -84,8 +84,7 @@ fn overhead_buckets() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("cairn_sidecar");
-        let m = Metrics {
+        let mut m = Metrics {
             requests: Family::default(),
             tokens: Family::default(),
             cost: Family::default(),
@@ -95,8 +94,9 @@ impl Metrics {
             retries: Family::default(),
             budget_remaining: Family::default(),
             budget_exceeded: Family::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("cairn_sidecar"),
         };
+        let registry = &mut m.registry;
         registry.register("requests", "Model calls, by outcome", m.requests.clone());
         registry.register("tokens", "Tokens in and out", m.tokens.clone());
         registry.register("cost_usd", "Dollars spent", m.cost.clone());
@@ -126,7 +126,7 @@ impl Metrics {
             "Calls that found a budget exceeded (stopped, degraded or alerted)",
             m.budget_exceeded.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// The Prometheus text exposition.

@@ -10,13 +10,9 @@ use crate::store::Store;
 use crate::store::usage::UsageRow;
 
 pub struct Writer {
-    tx: Mutex<Sender<Msg>>,
+    tx: Sender<UsageRow>,
     /// Rows sent and rows written, to wait for the writer to catch up.
     progress: Arc<(Mutex<(u64, u64)>, Condvar)>,
-}
-
-enum Msg {
-    Row(Box<UsageRow>),
 }
 
 /// Rows written in one transaction, at most.
@@ -31,18 +27,14 @@ impl Writer {
             .name("cairn-usage".into())
             .spawn(move || run(store, rx, p))
             .context("starting the usage writer")?;
-        Ok(Writer {
-            tx: Mutex::new(tx),
-            progress,
-        })
+        Ok(Writer { tx, progress })
     }
 
     pub fn record(&self, row: UsageRow) {
         let (lock, _) = &*self.progress;
         lock.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         // The writer only stops with the process.
-        let _ = tx.send(Msg::Row(Box::new(row)));
+        let _ = self.tx.send(row);
     }
 
     /// Blocks until every row recorded so far is committed.
@@ -56,17 +48,11 @@ impl Writer {
     }
 }
 
-fn run(mut store: Store, rx: Receiver<Msg>, progress: Arc<(Mutex<(u64, u64)>, Condvar)>) {
+fn run(mut store: Store, rx: Receiver<UsageRow>, progress: Arc<(Mutex<(u64, u64)>, Condvar)>) {
     let mut batch: Vec<UsageRow> = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
-        let Msg::Row(row) = first;
-        batch.push(*row);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Row(row)) => batch.push(*row),
-                Err(_) => break,
-            }
-        }
+        batch.push(first);
+        batch.extend(rx.try_iter().take(BATCH - 1));
         // A failed write is retried a few times; rows are not dropped
         // silently: the error names how many.
         let mut tries = 0;

@@ -289,18 +289,6 @@ impl Upstream {
         }
         true
     }
-
-    /// Waits up to `limit` for `hits()` to reach `n`; whether it did.
-    pub fn wait_for_hits(&self, n: usize, limit: Duration) -> bool {
-        let started = Instant::now();
-        while self.hits() < n {
-            if started.elapsed() > limit {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        true
-    }
 }
 
 impl Drop for Upstream {
