@@ -45,6 +45,12 @@ impl DataDir {
         self.root.join("timeline")
     }
 
+    /// The daemon's own files: tokens, where it listens, worktrees, the
+    /// agents' standing instructions as mounted.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Refuses a workspace that contains the data directory.
     pub fn check_outside(&self, workspace: &Path) -> Result<()> {
         if self.root.starts_with(workspace) {

@@ -3,14 +3,14 @@
 //! writes on stdout. `docs/guest-contract.md` is the normative text; this
 //! module is its implementation. Must not know how a guest is run.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub const CONTRACT_VERSION: u32 = 1;
 
 /// One unit of work for a guest. Field order is the wire order the contract
 /// promises (small guests scan for keys), so do not reorder.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Dispatch {
     pub contract: u32,
     pub id: String,
@@ -67,9 +67,22 @@ impl Dispatch {
 
 /// Why a dispatch happens: `a2a`, `heartbeat`, or `job:`, `task:`,
 /// `trigger:`, `continuation:` followed by a name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Kind(String);
+
+impl TryFrom<String> for Kind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Kind, String> {
+        s.parse()
+    }
+}
+
+impl From<Kind> for String {
+    fn from(k: Kind) -> String {
+        k.0
+    }
+}
 
 const NAMED_KINDS: [&str; 4] = ["job", "task", "trigger", "continuation"];
 

@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::dispatch::{Dispatch, Reply};
 use crate::sandbox::{Guest, GuestFailure, Invocation, Limits, Outbound, Sandbox};
-use crate::sidecar::{GUEST_HOST, Steps};
+use crate::sidecar::{Caller, GUEST_HOST, GuestPort, Sidecar, Steps};
 use crate::timeline::{Active, Opener, Timeline};
 
 /// A dispatch that ran: what it was, what the guest replied, how it ended.
@@ -19,6 +19,51 @@ pub struct Outcome {
     pub reply: Reply,
     pub result: Result<(), GuestFailure>,
     pub elapsed: Duration,
+}
+
+/// What a dispatch sees beyond the contract: more directories (host,
+/// guest path, writable) and the variables that name them.
+#[derive(Default)]
+pub struct Extra {
+    pub mounts: Vec<(std::path::PathBuf, String, bool)>,
+    pub env: Vec<(String, String)>,
+}
+
+/// What a dispatch's guest may reach: the sidecar (when there is one),
+/// bound to this agent and dispatch, and the hosts it is allowed;
+/// `allow_entry` names where a denied host would be allowed.
+pub fn outbound(
+    sidecar: Option<&Arc<Sidecar>>,
+    agent: &str,
+    dispatch: &Dispatch,
+    marks: Arc<Marks>,
+    allow_hosts: Vec<String>,
+    allow_entry: String,
+) -> Outbound {
+    let Some(sidecar) = sidecar else {
+        return Outbound {
+            allow_entry,
+            ..Outbound::default()
+        };
+    };
+    let caller = Caller {
+        agent: agent.into(),
+        dispatch: Some(dispatch.id.clone()),
+        max_tokens: dispatch.max_tokens,
+        steps: Some(marks),
+    };
+    Outbound {
+        local: vec![(
+            GUEST_HOST.to_string(),
+            Arc::new(GuestPort {
+                sidecar: sidecar.clone(),
+                caller,
+            }),
+        )],
+        allow_hosts,
+        allow_entry,
+        client: Some(sidecar.outside_client()),
+    }
 }
 
 /// Runs a dispatch with no outbound HTTP at all.
@@ -33,7 +78,16 @@ pub async fn dispatch(
         allow_entry: "a sidecar configuration".into(),
         ..Outbound::default()
     });
-    dispatch_with(sandbox, guest, dispatch, workspace, limits, outbound).await
+    dispatch_with(
+        sandbox,
+        guest,
+        dispatch,
+        workspace,
+        limits,
+        outbound,
+        Extra::default(),
+    )
+    .await
 }
 
 /// Runs a dispatch that may reach what `outbound` allows. When the sidecar
@@ -45,8 +99,10 @@ pub async fn dispatch_with(
     workspace: &Path,
     limits: Limits,
     outbound: Arc<Outbound>,
+    extra: Extra,
 ) -> Result<Outcome> {
     let mut env = dispatch.env();
+    env.extend(extra.env);
     if outbound.local.iter().any(|(host, _)| host == GUEST_HOST) {
         env.push(("OPENAI_BASE_URL".into(), format!("http://{GUEST_HOST}/v1")));
     }
@@ -54,6 +110,7 @@ pub async fn dispatch_with(
         stdin: dispatch.to_stdin(),
         env,
         workspace: workspace.to_path_buf(),
+        mounts: extra.mounts,
         limits,
         log_tag: Arc::from(dispatch.id.as_str()),
         outbound,
@@ -80,12 +137,21 @@ pub async fn dispatch_with(
 /// model call marks a step boundary. Taken back when the dispatch ends.
 pub struct Marks {
     inner: Mutex<Option<(Timeline, Active)>>,
+    on_step: Option<StepHook>,
 }
+
+/// Told of each step a model call opened: (dispatch, step id, detail).
+pub type StepHook = Box<dyn Fn(&str, i64, &str) + Send + Sync>;
 
 impl Marks {
     pub fn new(timeline: Timeline, active: Active) -> Arc<Marks> {
+        Marks::with_hook(timeline, active, None)
+    }
+
+    pub fn with_hook(timeline: Timeline, active: Active, on_step: Option<StepHook>) -> Arc<Marks> {
         Arc::new(Marks {
             inner: Mutex::new(Some((timeline, active))),
+            on_step,
         })
     }
 
@@ -99,7 +165,12 @@ impl Steps for Marks {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (timeline, active) = guard.as_mut()?;
         match timeline.boundary(active, Opener::ModelCall, Some(detail)) {
-            Ok(step) => Some(step),
+            Ok(step) => {
+                if let Some(hook) = &self.on_step {
+                    hook(&active.id, step, detail);
+                }
+                Some(step)
+            }
             Err(e) => {
                 tracing::warn!(dispatch = %active.id, "could not mark a step at a model call: {e:#}");
                 None

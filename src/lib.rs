@@ -11,6 +11,12 @@
 //! - [`invoke`]: runs one dispatch on one guest (contract + sandbox).
 //! - [`sidecar`]: the OpenAI-compatible gateway to every model: providers,
 //!   retries, budgets, usage accounting, metrics.
+//! - [`daemon`]: `cairn up`: the harness (queue, workers, recovery), the
+//!   HTTP API (A2A, observability, admin), tokens, hot reload.
+//! - [`agents`]: agent directories (`.cairn/agents/<name>/`): loading with
+//!   file/line/field errors, and `cairn init`'s scaffold.
+//! - [`a2a`]: the A2A protocol (1.0 and 0.3 JSON-RPC): wire shapes, and the
+//!   client that dispatches to a peer agent.
 //! - [`web`]: HTTP plumbing shared by the servers (bodies, serving).
 //! - [`guest_ref`]: what a guest reference names (file, bundled, image).
 //! - [`timeline`]: snapshots of the workspace at every step boundary,
@@ -20,7 +26,10 @@
 //! - [`error`]: failures and their exit codes.
 //! - [`logging`]: `tracing` set up from `-v` and `RUST_LOG`.
 
+pub mod a2a;
+pub mod agents;
 pub mod commands;
+pub mod daemon;
 pub mod data_dir;
 pub mod dispatch;
 pub mod error;

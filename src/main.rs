@@ -15,6 +15,11 @@ fn main() -> ExitCode {
     };
     cairn::logging::init(cli.global.verbose);
     let result = match cli.command {
+        Command::Init(cmd) => cmd.execute(),
+        Command::Up(cmd) => cmd.execute(&cli.global),
+        Command::Token(cmd) => cmd.execute(&cli.global),
+        Command::Status(cmd) => cmd.execute(&cli.global),
+        Command::Logs(cmd) => cmd.execute(&cli.global),
         Command::Run(cmd) => cmd.execute(&cli.global),
         Command::Log(cmd) => cmd.execute(&cli.global),
         Command::Diff(cmd) => cmd.execute(&cli.global),

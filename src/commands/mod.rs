@@ -8,12 +8,17 @@ use clap::{Parser, Subcommand};
 pub mod diff;
 pub mod gc;
 pub mod images;
+pub mod init;
 pub mod log;
+pub mod logs;
 pub mod pull;
 pub mod push;
 pub mod rollback;
 pub mod run;
 pub mod sidecar;
+pub mod status;
+pub mod token;
+pub mod up;
 
 use crate::data_dir::DataDir;
 use crate::error::Failure;
@@ -45,6 +50,16 @@ pub struct Global {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Scaffold .cairn/ in a repository: an echo agent that needs no API key, and commented examples
+    Init(init::InitCommand),
+    /// Start the daemon on a repository: its agents over A2A, until Ctrl-C
+    Up(up::UpCommand),
+    /// Show the daemon's bearer tokens
+    Token(token::TokenCommand),
+    /// Show the running daemon's health and latest dispatches
+    Status(status::StatusCommand),
+    /// Show recent dispatches; with -f, follow dispatch and step events
+    Logs(logs::LogsCommand),
     /// Run one dispatch on a guest and print its reply
     Run(run::RunCommand),
     /// Show dispatches and their steps, newest first, with changed paths

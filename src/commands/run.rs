@@ -18,7 +18,7 @@ use crate::image::{self, ImageRef, Images, PullPolicy, Resolved};
 use crate::invoke::{self, Marks};
 use crate::sandbox::Outbound;
 use crate::sandbox::{DefaultLimits, GuestSource, Limits, Sandbox, SandboxConfig};
-use crate::sidecar::{Caller, Config, GUEST_HOST, GuestPort, Sidecar};
+use crate::sidecar::{Config, Sidecar};
 use crate::timeline::{RollbackPolicy, Timeline};
 
 /// The largest prompt read from stdin with `-`.
@@ -127,6 +127,7 @@ impl RunCommand {
             workspace.path(),
             limits,
             outbound,
+            invoke::Extra::default(),
         ));
         if let Some(s) = &sidecar {
             s.flush();
@@ -265,37 +266,21 @@ const AGENT: &str = "cli";
 /// What the guest may reach: the sidecar (when configured), bound to this
 /// dispatch, and the hosts `[agents.cli]` allows.
 fn outbound(sidecar: Option<&Arc<Sidecar>>, dispatch: &Dispatch, marks: Arc<Marks>) -> Outbound {
-    let Some(sidecar) = sidecar else {
-        return Outbound {
-            allow_entry:
-                "a sidecar configuration (cairn run --sidecar FILE, [agents.cli] allow_hosts)"
-                    .into(),
-            ..Outbound::default()
-        };
+    let (allow_hosts, allow_entry) = match sidecar {
+        Some(s) => (
+            s.config
+                .agents
+                .get(AGENT)
+                .map(|a| a.allow_hosts.clone())
+                .unwrap_or_default(),
+            format!("allow_hosts of [agents.{AGENT}] in {}", s.config.origin),
+        ),
+        None => (
+            Vec::new(),
+            "a sidecar configuration (cairn run --sidecar FILE, [agents.cli] allow_hosts)".into(),
+        ),
     };
-    let config = &sidecar.config;
-    let caller = Caller {
-        agent: AGENT.into(),
-        dispatch: Some(dispatch.id.clone()),
-        max_tokens: dispatch.max_tokens,
-        steps: Some(marks),
-    };
-    Outbound {
-        local: vec![(
-            GUEST_HOST.to_string(),
-            Arc::new(GuestPort {
-                sidecar: sidecar.clone(),
-                caller,
-            }),
-        )],
-        allow_hosts: config
-            .agents
-            .get(AGENT)
-            .map(|a| a.allow_hosts.clone())
-            .unwrap_or_default(),
-        allow_entry: format!("allow_hosts of [agents.{AGENT}] in {}", config.origin),
-        client: Some(sidecar.outside_client()),
-    }
+    invoke::outbound(sidecar, AGENT, dispatch, marks, allow_hosts, allow_entry)
 }
 
 /// The directory a run works on: the one given, checked, or a temporary one

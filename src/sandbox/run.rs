@@ -74,6 +74,9 @@ pub struct Invocation {
     pub env: Vec<(String, String)>,
     /// Host directory preopened read-write at `/workspace`.
     pub workspace: PathBuf,
+    /// Further host directories the guest sees: (host, guest path,
+    /// writable). The agent's `/memory` and its read-only `/agent`.
+    pub mounts: Vec<(PathBuf, String, bool)>,
     pub limits: Limits,
     /// Tags the guest's log lines (the dispatch id).
     pub log_tag: Arc<str>,
@@ -117,6 +120,16 @@ impl Sandbox {
         wasi.preopened_dir(&inv.workspace, "/workspace", FsPerms::ReadWrite)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("opening workspace {}", inv.workspace.display()))?;
+        for (host, at, writable) in &inv.mounts {
+            let perms = if *writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(host, at, perms)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("opening {} for {at}", host.display()))?;
+        }
 
         let deadline = started + inv.limits.deadline;
         let memory = MemoryCap::new(inv.limits.memory_bytes);

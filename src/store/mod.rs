@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use rusqlite::Connection;
 
 pub mod images;
+pub mod tasks;
 pub mod timeline;
 pub mod usage;
 
@@ -126,6 +127,35 @@ CREATE TABLE usage (
 );
 CREATE INDEX usage_at ON usage (at);
 CREATE INDEX usage_dispatch ON usage (dispatch) WHERE dispatch IS NOT NULL;
+"#,
+    // 4: the daemon: every dispatch it accepted (its A2A task), written
+    // before it is acknowledged, and the conversation log per session.
+    r#"
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    context TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    dispatch TEXT NOT NULL,
+    message_id TEXT,
+    reply TEXT,
+    detail TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX tasks_open ON tasks (state, created_at) WHERE state IN ('submitted', 'working');
+CREATE INDEX tasks_by_context ON tasks (context, created_at);
+CREATE TABLE conversation (
+    id INTEGER PRIMARY KEY,
+    agent TEXT NOT NULL,
+    session TEXT NOT NULL,
+    task TEXT,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX conversation_by_session ON conversation (session, id);
 "#,
 ];
 

@@ -5,6 +5,7 @@ mod code_cache;
 mod component;
 mod concurrency;
 mod confinement;
+mod daemon;
 mod faults;
 mod images;
 mod registry;
