@@ -19,3 +19,5 @@ cargo bench --bench timeline -- --noplot 2>&1 | grep -E '^(first|store|boundary 
 benches/pull.sh
 # The sidecar beside direct calls to the fake upstream (about 1 minute).
 cargo bench --bench sidecar 2>/dev/null
+# The daemon: idle memory, A2A round trip and throughput beside the guest alone (about 1 minute).
+cargo bench --bench daemon 2>/dev/null

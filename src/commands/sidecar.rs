@@ -66,19 +66,8 @@ impl SidecarCommand {
     }
 }
 
-/// Ctrl-C or SIGTERM.
+/// Ctrl-C or SIGTERM, said on stderr.
 async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
+    crate::daemon::shutdown_signal().await;
     eprintln!("cairn: shutting down");
 }

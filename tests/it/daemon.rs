@@ -812,7 +812,11 @@ fn the_official_a2a_python_sdk_interoperates() {
 fn a_graceful_stop_finishes_what_runs_and_keeps_what_waits() {
     let env = repo();
     let sleep = wat("sleep.wat");
-    agent(&env, "slow", &format!("[guests.main]\nimage = \"{}\"\n", sleep.display()));
+    agent(
+        &env,
+        "slow",
+        &format!("[guests.main]\nimage = \"{}\"\n", sleep.display()),
+    );
     let d = start(&env, &[]);
     d.wait_ready();
     let ids: Vec<String> = (0..4)
@@ -829,4 +833,69 @@ fn a_graceful_stop_finishes_what_runs_and_keeps_what_waits() {
         let task = d.wait_task("slow", id);
         assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{task}");
     }
+}
+
+#[test]
+fn a_peer_that_is_down_fails_the_dispatch_with_a_clear_error() {
+    let env = repo();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    agent(
+        &env,
+        "relay",
+        &format!("[guests.peer]\na2a = \"http://127.0.0.1:{port}/a2a/echo\"\n"),
+    );
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let v = d.rpc("relay", &send_v1("nobody home", true));
+    let task = &v["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_FAILED", "{v}");
+    let why = serde_json::to_string(&task["status"]["message"]).unwrap();
+    assert!(why.contains(&format!("127.0.0.1:{port}")), "{why}");
+}
+
+#[test]
+fn status_and_logs_show_the_daemon_from_the_terminal() {
+    let env = repo();
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let mut follow = env
+        .cairn()
+        .args(["logs", "-f"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    // The stream is subscribed once `logs` prints; give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let v = d.rpc("echo", &send_v1("watched", true));
+    let id = v["result"]["task"]["id"].as_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    for line in lines.map_while(Result::ok) {
+        let done = line.contains("dispatch.ended") && line.contains(&id);
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let all = seen.join("\n");
+    assert!(all.contains("dispatch.started"), "{all}");
+    assert!(all.contains("state=completed"), "{all}");
+
+    let out = env.cairn().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(": ready"), "{text}");
+    assert!(text.contains(&id), "{text}");
 }
