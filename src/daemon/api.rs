@@ -358,11 +358,22 @@ impl Api {
                         Some(v),
                     );
                 }
+                let events = self.harness.events.subscribe();
                 match self.harness.cancel(&task) {
-                    Ok(Some(row)) => rpc_json(
-                        wire::response(&id, wire::task_json(&view(&row), None, v)),
-                        Some(v),
-                    ),
+                    Ok(Some(row)) => {
+                        // A running dispatch stops at once; its rollback
+                        // is waited for, briefly, so the answer is final.
+                        let row = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            wait_until_ended(&self.harness, row.clone(), events),
+                        )
+                        .await
+                        .unwrap_or(row);
+                        rpc_json(
+                            wire::response(&id, wire::task_json(&view(&row), None, v)),
+                            Some(v),
+                        )
+                    }
                     Ok(None) => rpc_json(
                         wire::error_response(&id, &RpcError::task_not_found(&task)),
                         Some(v),

@@ -899,3 +899,52 @@ fn status_and_logs_show_the_daemon_from_the_terminal() {
     assert!(text.contains(": ready"), "{text}");
     assert!(text.contains(&id), "{text}");
 }
+
+#[test]
+fn cancel_stops_queued_and_running_dispatches() {
+    let env = repo();
+    let spin = wat("spin.wat");
+    agent(
+        &env,
+        "busy",
+        &format!(
+            "[guests.main]\nimage = \"{}\"\ntimeout_secs = 60\n",
+            spin.display()
+        ),
+    );
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let running = d.rpc("busy", &send_v1("spin", false))["result"]["task"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let queued = d.rpc("busy", &send_v1("spin", false))["result"]["task"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cancel = |id: &str| {
+        d.rpc(
+            "busy",
+            &json!({"jsonrpc":"2.0","id":5,"method":"CancelTask","params":{"id":id}}),
+        )
+    };
+    let v = cancel(&queued);
+    assert_eq!(v["result"]["status"]["state"], "TASK_STATE_CANCELED", "{v}");
+    // Wait until the first one runs, then cancel it too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = d.rpc(
+            "busy",
+            &json!({"jsonrpc":"2.0","id":2,"method":"GetTask","params":{"id":running}}),
+        );
+        if v["result"]["status"]["state"] == "TASK_STATE_WORKING" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never started: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v = cancel(&running);
+    assert_eq!(v["result"]["status"]["state"], "TASK_STATE_CANCELED", "{v}");
+    let (_, one) = d.get(&format!("/dispatches/{running}"), Some(&d.observe));
+    assert_eq!(one["status"], "rolled-back", "{one}");
+}
