@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
@@ -39,17 +39,35 @@ pub enum BodyError {
     Broken(String),
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes.
+/// Reads a whole request body, refusing more than `limit` bytes. A body
+/// past the limit is still read (and dropped) up to a few times the limit,
+/// so a client that sends it whole gets the 413 instead of a reset
+/// connection.
 pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge(limit)),
-        Err(e) => Err(BodyError::Broken(e.to_string())),
+    let drain = limit.saturating_mul(4).max(16 << 20);
+    let mut body = std::pin::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(e.into().to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > drain {
+            break;
+        }
     }
+    if seen > limit {
+        return Err(BodyError::TooLarge(limit));
+    }
+    Ok(buf.freeze())
 }
 
 /// What serves requests: the peer's address and the request, to a response.

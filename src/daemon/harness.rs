@@ -629,13 +629,14 @@ impl Harness {
     }
 
     fn ended_event(&self, id: &str, agent: &str, state: &str, detail: Option<String>) {
+        // Counted before anyone waiting on the event hears of it.
+        self.metrics.ended(agent, state);
         let mut event = Event::new("dispatch.ended");
         event.agent = Some(agent.to_string());
         event.dispatch = Some(id.to_string());
         event.state = Some(state.to_string());
         event.detail = detail;
         self.events.send(event);
-        self.metrics.ended(agent, state);
     }
 
     fn fail_early(&self, task: &TaskRow, why: String) {
