@@ -332,11 +332,13 @@ impl Api {
                 } else {
                     row
                 };
-                let _ = history;
-                rpc_json(
-                    wire::response(&id, wire::send_result(&view(&row), v)),
-                    Some(v),
-                )
+                // `historyLength`: the newest messages only.
+                let mut task = view(&row);
+                if let Some(n) = history {
+                    let skip = task.history.len().saturating_sub(n);
+                    task.history.drain(..skip);
+                }
+                rpc_json(wire::response(&id, wire::send_result(&task, v)), Some(v))
             }
             Params::Get {
                 id: task,
