@@ -33,6 +33,25 @@ pub fn json_response(status: http::StatusCode, value: &serde_json::Value) -> Res
     r
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
+/// Whether a presented secret matches a known one, compared by their
+/// sha256 digests in constant time.
+pub fn same_secret(known: &[u8; 32], presented: &[u8; 32]) -> bool {
+    known
+        .iter()
+        .zip(presented.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
 /// Why a request body could not be read.
 pub enum BodyError {
     TooLarge(usize),

@@ -1197,31 +1197,14 @@ pub fn iso8601_ms(ms: i64) -> String {
     const MIN_MS: i64 = -62_135_596_800_000; // 0001-01-01T00:00:00Z
     const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
     let ms = ms.clamp(MIN_MS, MAX_MS);
-    let secs = ms.div_euclid(1000);
     let milli = ms.rem_euclid(1000);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
+    let (y, m, d, sod) = crate::store::civil(ms);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
         sod / 3600,
         sod % 3600 / 60,
         sod % 60
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm; no date crate needed).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Keeps caller-supplied text on one line and bounded, for messages.

@@ -126,44 +126,11 @@ impl Handler for Api {
     }
 }
 
-/// The query string as a map (no repeated keys matter here).
+/// The query string as a map (a repeated key keeps its last value).
 fn query(req: &http::Request<Incoming>) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 3;
-                }
-                Err(_) => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn limit(q: &HashMap<String, String>) -> i64 {
@@ -176,15 +143,7 @@ fn limit(q: &HashMap<String, String>) -> i64 {
 impl Api {
     fn refuse(&self, req: &http::Request<Incoming>, scope: Scope) -> Option<Response> {
         let tokens = self.tokens.as_ref()?;
-        let presented = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+        let presented = web::bearer(req.headers());
         let why = match presented {
             None => format!(
                 "missing token: send `Authorization: Bearer <the {} token>` (`cairn token {}`)",

@@ -2,8 +2,6 @@
 //! page): dispatches by agent and how they ended, the queue, what runs,
 //! refusals, reloads, and each agent's health.
 
-use std::sync::Mutex;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,7 +33,6 @@ pub struct Metrics {
     pub reloads: Family<Outcome, Counter>,
     pub healthy: Family<AgentLabel, Gauge>,
     pub requests_unauthorized: Counter,
-    lock: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -92,7 +89,6 @@ impl Default for Metrics {
             reloads,
             healthy,
             requests_unauthorized,
-            lock: Mutex::new(()),
         }
     }
 }
@@ -133,7 +129,6 @@ impl Metrics {
     /// The OpenMetrics text, without its `# EOF` line (the caller appends
     /// the sidecar's page, which ends with one).
     pub fn encode(&self) -> String {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             return String::new();

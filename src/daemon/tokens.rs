@@ -101,10 +101,7 @@ impl Tokens {
     /// compared in constant time.
     pub fn grants(&self, scope: Scope, presented: &str) -> bool {
         let p: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let matches = |t: &str| {
-            let d: [u8; 32] = Sha256::digest(t.as_bytes()).into();
-            d.iter().zip(p.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-        };
+        let matches = |t: &str| crate::web::same_secret(&Sha256::digest(t.as_bytes()).into(), &p);
         let own = matches(self.get(scope));
         let admin = matches(&self.admin);
         own | admin

@@ -45,26 +45,18 @@ impl Server {
             ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", why)
                 .code("invalid_api_key")
         };
-        let header = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
+        let key = web::bearer(req.headers()).ok_or_else(|| {
+            if req.headers().contains_key(http::header::AUTHORIZATION) {
+                unauthorized("the Authorization header must be `Bearer <key>`")
+            } else {
                 unauthorized("missing bearer key: send `Authorization: Bearer <the agent's key>`")
-            })?;
-        let key = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <key>`"))?;
-        let digest: [u8; 32] = Sha256::digest(key.trim().as_bytes()).into();
+            }
+        })?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut found = None;
         for (k, agent) in &self.keys {
             // Every key is compared in full, whichever matches.
-            let diff = k
-                .iter()
-                .zip(digest.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 {
+            if web::same_secret(k, &digest) {
                 found = Some(agent.as_str());
             }
         }

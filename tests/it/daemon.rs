@@ -28,20 +28,7 @@ pub fn repo() -> Env {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    git(env.workspace.path(), &["add", "-A"]);
-    git(
-        env.workspace.path(),
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            "init",
-        ],
-    );
+    commit(env.workspace.path(), "init");
     env
 }
 
@@ -65,6 +52,38 @@ pub fn agent(env: &Env, name: &str, toml: &str) {
     let dir = env.ws(&format!(".cairn/agents/{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("agent.toml"), toml).unwrap();
+}
+
+/// An agent whose one guest is `wat/<file>`: `top` goes before the guest
+/// table, `guest` inside it.
+pub fn wat_agent(env: &Env, name: &str, file: &str, top: &str, guest: &str) {
+    let path = wat(file);
+    agent(
+        env,
+        name,
+        &format!(
+            "{top}[guests.main]\nimage = \"{}\"\n{guest}",
+            path.display()
+        ),
+    );
+}
+
+/// Commits everything in the repository.
+pub fn commit(dir: &Path, message: &str) {
+    git(dir, &["add", "-A"]);
+    git(
+        dir,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        ],
+    );
 }
 
 /// `cairn up` on an env's repository, killed when dropped.
@@ -175,6 +194,16 @@ fn uuid() -> String {
 }
 
 impl Daemon {
+    /// Sends `n` non-blocking messages; their task ids.
+    pub fn queue(&self, agent: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let v = self.rpc(agent, &send_v1(&format!("job {i}"), false));
+                v["result"]["task"]["id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
     pub fn post(
         &self,
         path: &str,
@@ -359,6 +388,13 @@ fn init_then_up_serves_echo_over_a2a_and_records_everything() {
     again["params"]["message"]["contextId"] = json!(session);
     let v = d.rpc("echo", &again);
     assert_eq!(v["result"]["task"]["contextId"], session.as_str());
+    assert_eq!(v["result"]["task"]["history"].as_array().unwrap().len(), 2);
+    // historyLength keeps only the newest messages: the reply.
+    again["params"]["configuration"]["historyLength"] = json!(1);
+    let v = d.rpc("echo", &again);
+    let history = v["result"]["task"]["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{v}");
+    assert_eq!(history[0]["role"], "ROLE_AGENT", "{v}");
 
     // Metrics on their own listener.
     let text = d.rt.block_on(async {
@@ -372,7 +408,7 @@ fn init_then_up_serves_echo_over_a2a_and_records_everything() {
             .unwrap()
     });
     assert!(
-        text.contains("cairn_dispatches_total{agent=\"echo\",state=\"completed\"} 2"),
+        text.contains("cairn_dispatches_total{agent=\"echo\",state=\"completed\"} 3"),
         "{text}"
     );
 }
@@ -563,20 +599,10 @@ fn an_unpullable_guest_makes_its_agent_unhealthy_and_the_others_serve() {
 #[test]
 fn queued_dispatches_survive_kill_9_and_run_after_restart() {
     let env = repo();
-    let sleep = wat("sleep.wat");
-    agent(
-        &env,
-        "slow",
-        &format!("[guests.main]\nimage = \"{}\"\n", sleep.display()),
-    );
+    wat_agent(&env, "slow", "sleep.wat", "", "");
     let d = start(&env, &[]);
     d.wait_ready();
-    let ids: Vec<String> = (0..8)
-        .map(|i| {
-            let v = d.rpc("slow", &send_v1(&format!("job {i}"), false));
-            v["result"]["task"]["id"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let ids = d.queue("slow", 8);
     d.kill9();
 
     let d = start(&env, &[]);
@@ -604,12 +630,7 @@ fn queued_dispatches_survive_kill_9_and_run_after_restart() {
 #[test]
 fn a_rogue_guest_is_rolled_back_and_reported() {
     let env = repo();
-    let rogue = wat("rogue.wat");
-    agent(
-        &env,
-        "rogue",
-        &format!("[guests.main]\nimage = \"{}\"\n", rogue.display()),
-    );
+    wat_agent(&env, "rogue", "rogue.wat", "", "");
     std::fs::write(env.ws("src.txt"), "precious\n").unwrap();
     let d = start(&env, &[]);
     d.wait_ready();
@@ -684,15 +705,7 @@ fn hot_reload_applies_good_edits_and_keeps_the_last_good_version() {
 #[test]
 fn the_queue_is_bounded_with_a_busy_error_and_retry_after() {
     let env = repo();
-    let sleep = wat("sleep.wat");
-    agent(
-        &env,
-        "slow",
-        &format!(
-            "queue_limit = 2\n[guests.main]\nimage = \"{}\"\n",
-            sleep.display()
-        ),
-    );
+    wat_agent(&env, "slow", "sleep.wat", "queue_limit = 2\n", "");
     let d = start(&env, &[]);
     d.wait_ready();
     let mut busy = None;
@@ -718,29 +731,14 @@ fn the_queue_is_bounded_with_a_busy_error_and_retry_after() {
 #[test]
 fn worktree_isolation_leaves_each_result_on_its_own_branch() {
     let env = repo();
-    let writer = wat("writer.wat");
-    agent(
+    wat_agent(
         &env,
         "builder",
-        &format!(
-            "isolation = \"worktree\"\n[guests.main]\nimage = \"{}\"\n",
-            writer.display()
-        ),
+        "writer.wat",
+        "isolation = \"worktree\"\n",
+        "",
     );
-    git(env.workspace.path(), &["add", "-A"]);
-    git(
-        env.workspace.path(),
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            "agent",
-        ],
-    );
+    commit(env.workspace.path(), "agent");
     let d = start(&env, &[]);
     d.wait_ready();
     let v = d.rpc("builder", &send_v1("write out.txt built", true));
@@ -811,20 +809,10 @@ fn the_official_a2a_python_sdk_interoperates() {
 #[test]
 fn a_graceful_stop_finishes_what_runs_and_keeps_what_waits() {
     let env = repo();
-    let sleep = wat("sleep.wat");
-    agent(
-        &env,
-        "slow",
-        &format!("[guests.main]\nimage = \"{}\"\n", sleep.display()),
-    );
+    wat_agent(&env, "slow", "sleep.wat", "", "");
     let d = start(&env, &[]);
     d.wait_ready();
-    let ids: Vec<String> = (0..4)
-        .map(|i| {
-            let v = d.rpc("slow", &send_v1(&format!("job {i}"), false));
-            v["result"]["task"]["id"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let ids = d.queue("slow", 4);
     let status = d.stop();
     assert!(status.success(), "{status:?}");
     let d = start(&env, &[]);
@@ -903,15 +891,7 @@ fn status_and_logs_show_the_daemon_from_the_terminal() {
 #[test]
 fn cancel_stops_queued_and_running_dispatches() {
     let env = repo();
-    let spin = wat("spin.wat");
-    agent(
-        &env,
-        "busy",
-        &format!(
-            "[guests.main]\nimage = \"{}\"\ntimeout_secs = 60\n",
-            spin.display()
-        ),
-    );
+    wat_agent(&env, "busy", "spin.wat", "", "timeout_secs = 60\n");
     let d = start(&env, &[]);
     d.wait_ready();
     let running = d.rpc("busy", &send_v1("spin", false))["result"]["task"]["id"]
