@@ -28,7 +28,7 @@ pub enum Content {
     Copy(String),
     /// A hard link to the file's own inode, for files cairn cannot read and
     /// for git's immutable object files: no byte is copied. Named by the
-    /// sha256 of (device, inode, size, ctime) in hex.
+    /// sha256 of (device, inode, size, mtime) in hex.
     Link(String),
 }
 

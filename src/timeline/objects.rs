@@ -105,15 +105,17 @@ impl Objects {
     }
 
     /// A hard link keeps the inode alive whatever happens to the workspace
-    /// path. Its id binds the inode's identity and ctime, which any change
-    /// to the file (even a chmod) moves.
+    /// path. Its id binds the inode's identity, size and mtime. Not its
+    /// ctime: linking moves the ctime, so an id bound to it would change at
+    /// every scan, and every scan would link the file again. (A mode change
+    /// is the entry's own field.)
     pub fn put_link(&self, path: &Path, meta: &fs::Metadata) -> Result<Option<Content>> {
         let mut h = Sha256::new();
         for v in [meta.dev(), meta.ino(), meta.size()] {
             h.update(v.to_le_bytes());
         }
-        h.update(meta.ctime().to_le_bytes());
-        h.update(meta.ctime_nsec().to_le_bytes());
+        h.update(meta.mtime().to_le_bytes());
+        h.update(meta.mtime_nsec().to_le_bytes());
         let content = Content::Link(hex(&h.finalize()));
         let dest = self.path(&content);
         if dest.exists() {
@@ -285,4 +287,31 @@ pub fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_linked_file_keeps_its_id_though_linking_moved_its_ctime() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::open(dir.path().join("objects")).unwrap();
+        let file = dir.path().join("object");
+        fs::write(&file, "immutable").unwrap();
+        // Past a clock tick, so that linking moves the ctime.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let before = fs::metadata(&file).unwrap();
+        let first = objects.put_link(&file, &before).unwrap().unwrap();
+        let after = fs::metadata(&file).unwrap();
+        assert_eq!(after.nlink(), 2);
+        assert_ne!(
+            (before.ctime(), before.ctime_nsec()),
+            (after.ctime(), after.ctime_nsec())
+        );
+        let second = objects.put_link(&file, &after).unwrap().unwrap();
+        assert_eq!(first, second);
+        // Linked once: a second scan adds no link.
+        assert_eq!(fs::metadata(&file).unwrap().nlink(), 2);
+    }
 }
