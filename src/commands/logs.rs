@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::commands::status::{Daemon, dispatch_line};
 use crate::commands::{Global, block_on, utc};
+use crate::daemon::tokens::Scope;
 use crate::error::Failure;
 
 #[derive(clap::Args)]
@@ -41,7 +42,7 @@ fn event_line(e: &Value) -> String {
 
 impl LogsCommand {
     pub fn execute(self, global: &Global) -> Result<(), Failure> {
-        let daemon = Daemon::find(global)?;
+        let daemon = Daemon::find(global, Scope::Observe)?;
         block_on(async {
             let list = daemon
                 .json(&format!("/dispatches?limit={}", self.limit))

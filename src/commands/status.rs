@@ -16,8 +16,8 @@ pub struct StatusCommand {
     pub limit: u32,
 }
 
-/// The running daemon of this data directory and a client with its
-/// observe token.
+/// The running daemon of this data directory and a client with one of
+/// its tokens.
 pub struct Daemon {
     pub running: Running,
     pub client: reqwest::Client,
@@ -25,7 +25,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn find(global: &Global) -> Result<Daemon, Failure> {
+    pub fn find(global: &Global, scope: Scope) -> Result<Daemon, Failure> {
         let data = DataDir::resolve(global.data_dir.as_deref())?;
         let path = running_path(&data);
         let text = std::fs::read_to_string(&path).map_err(|_| {
@@ -38,7 +38,7 @@ impl Daemon {
             .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
         let token = Tokens::load(&tokens::path(&data))
             .ok()
-            .map(|t| t.get(Scope::Observe).to_string());
+            .map(|t| t.get(scope).to_string());
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -52,7 +52,14 @@ impl Daemon {
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        let req = self.client.get(format!("{}{path}", self.running.url));
+        self.authorized(self.client.get(format!("{}{path}", self.running.url)))
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authorized(self.client.post(format!("{}{path}", self.running.url)))
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
@@ -98,7 +105,7 @@ pub fn dispatch_line(d: &Value) -> String {
 
 impl StatusCommand {
     pub fn execute(self, global: &Global) -> Result<(), Failure> {
-        let daemon = Daemon::find(global)?;
+        let daemon = Daemon::find(global, Scope::Observe)?;
         block_on(async {
             let health = daemon.json("/health/ready").await?;
             println!(

@@ -7,7 +7,7 @@
 //! | `GET /a2a/{agent}/.well-known/agent-card.json`, `…/agent.json` | none | each agent's card |
 //! | `POST /a2a/{agent}` | invoke | A2A JSON-RPC, 1.0 and 0.3 |
 //! | `GET /dispatches`, `/dispatches/{id}`, `/conversations`, `/events` | observe | what happened, and the live stream |
-//! | `POST /admin/dispatch`, `/admin/reload` | admin | manual runs, reload |
+//! | `POST /admin/dispatch`, `/admin/reload`, `/admin/rollback` | admin | manual runs, reload, undo |
 //!
 //! The admin token is accepted wherever another is. Cards and probes reveal
 //! no conversation and change nothing, so they are open.
@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::events::Event;
-use super::harness::{Harness, Refused, Request};
+use super::harness::{Harness, Refused, Request, RollbackRefused};
 use super::tokens::{Scope, Tokens};
 use crate::a2a::wire::{
     self, Artifact, CardInfo, Method as RpcMethod, Msg, Params, Role, RpcError, Skill, State,
@@ -111,6 +111,10 @@ impl Handler for Api {
             (&Method::POST, ["admin", "dispatch"]) => match self.refuse(&req, Scope::Admin) {
                 Some(r) => r,
                 None => self.manual(req).await,
+            },
+            (&Method::POST, ["admin", "rollback"]) => match self.refuse(&req, Scope::Admin) {
+                Some(r) => r,
+                None => self.rollback(req).await,
             },
             (
                 _,
@@ -565,22 +569,81 @@ impl Api {
         sse(stream, None)
     }
 
-    /// `POST /admin/dispatch {"agent", "prompt", "kind"?, "session"?}`: a
-    /// manual run; answers at once with the task (202).
-    async fn manual(&self, req: http::Request<Incoming>) -> Response {
+    /// An admin request's JSON body, or the response refusing it.
+    async fn json_body(&self, req: http::Request<Incoming>) -> Result<Value, Response> {
         let body = match web::read_body(req.into_body(), self.max_body).await {
             Ok(b) => b,
             Err(BodyError::TooLarge(limit)) => {
-                return problem(
+                return Err(problem(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("larger than {limit} bytes"),
+                ));
+            }
+            Err(BodyError::Broken(why)) => return Err(problem(StatusCode::BAD_REQUEST, why)),
+        };
+        serde_json::from_slice(&body)
+            .map_err(|e| problem(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+    }
+
+    /// `POST /admin/rollback {"target", "force"?}`: undoes a step (its
+    /// number) or a dispatch (its id or a unique prefix) of the repository,
+    /// between dispatches. 200 with what was restored; 404 unknown target;
+    /// 409 when paths changed since (unless `force`) or the target is not
+    /// in the repository.
+    async fn rollback(&self, req: http::Request<Incoming>) -> Response {
+        let v = match self.json_body(req).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let target = match &v["target"] {
+            Value::String(s) => s.clone(),
+            Value::Number(n) if n.is_u64() => n.to_string(),
+            _ => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "`target` (a step number or a dispatch id) is required",
                 );
             }
-            Err(BodyError::Broken(why)) => return problem(StatusCode::BAD_REQUEST, why),
         };
-        let v: Value = match serde_json::from_slice(&body) {
+        let force = match &v["force"] {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            _ => return problem(StatusCode::BAD_REQUEST, "`force` must be true or false"),
+        };
+        match self.harness.rollback(&target, force).await {
+            Ok((target, undone)) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "rolled_back": target.describe(),
+                    "paths": undone.paths,
+                    "step": undone.step,
+                    "warnings": undone.warnings,
+                }),
+            ),
+            Err(e) => {
+                let status = match &e {
+                    RollbackRefused::NotFound(_) => StatusCode::NOT_FOUND,
+                    RollbackRefused::Elsewhere(_) | RollbackRefused::Conflict(_) => {
+                        StatusCode::CONFLICT
+                    }
+                    RollbackRefused::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+                    RollbackRefused::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                let mut body = json!({ "error": e.to_string() });
+                if let RollbackRefused::Conflict(c) = &e {
+                    body["conflict"] = json!({ "what": c.what, "count": c.count, "list": c.list });
+                }
+                json_response(status, &body)
+            }
+        }
+    }
+
+    /// `POST /admin/dispatch {"agent", "prompt", "kind"?, "session"?}`: a
+    /// manual run; answers at once with the task (202).
+    async fn manual(&self, req: http::Request<Incoming>) -> Response {
+        let v = match self.json_body(req).await {
             Ok(v) => v,
-            Err(e) => return problem(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+            Err(r) => return r,
         };
         let (Some(agent), Some(prompt)) = (v["agent"].as_str(), v["prompt"].as_str()) else {
             return problem(

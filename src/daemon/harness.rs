@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::events::{Event, Events};
 use super::metrics::Metrics;
@@ -31,9 +31,10 @@ use crate::image::{self, Images, PullPolicy};
 use crate::invoke::{self, Extra, Marks};
 use crate::sandbox::{DefaultLimits, Guest, Limits, Sandbox};
 use crate::sidecar::Sidecar;
+use crate::sidecar::config::Budget;
 use crate::store::Store;
 use crate::store::tasks::TaskRow;
-use crate::timeline::{RollbackPolicy, Timeline};
+use crate::timeline::{Conflict, RollbackPolicy, Target, Timeline, Undone};
 
 /// One agent as the harness runs it: its config and prepared guests.
 pub struct Agent {
@@ -95,6 +96,36 @@ pub struct Request {
     pub metadata: Map<String, Value>,
 }
 
+/// A rollback asked of the daemon (`POST /admin/rollback`): the
+/// repository's worker runs it between dispatches.
+struct RollbackJob {
+    target: Target,
+    force: bool,
+    reply: oneshot::Sender<Result<Undone>>,
+}
+
+/// Why a rollback was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackRefused {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Elsewhere(String),
+    #[error(transparent)]
+    Conflict(Conflict),
+    #[error("cairn is stopping")]
+    Stopping,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The budgets the agents define, by agent, for the sidecar.
+pub fn budgets<'a>(configs: impl Iterator<Item = &'a AgentConfig>) -> BTreeMap<String, Budget> {
+    configs
+        .filter_map(|c| Some((c.name.clone(), c.budget.clone()?)))
+        .collect()
+}
+
 pub struct Harness {
     pub repo: PathBuf,
     data: DataDir,
@@ -108,6 +139,8 @@ pub struct Harness {
     pub metrics: Metrics,
     /// Task ids waiting for the shared workspace, in arrival order.
     queue: Mutex<VecDeque<(String, String)>>,
+    /// Rollbacks waiting for the shared workspace; they go first.
+    rollbacks: Mutex<VecDeque<RollbackJob>>,
     wake: Notify,
     /// Worktree dispatches accepted and not yet ended, per agent.
     pending_worktree: Mutex<HashMap<String, usize>>,
@@ -167,6 +200,7 @@ impl Harness {
             events: Events::default(),
             metrics: Metrics::default(),
             queue: Mutex::new(VecDeque::new()),
+            rollbacks: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             pending_worktree: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
@@ -321,6 +355,9 @@ impl Harness {
                 }
             }
         }
+        let now = self.agents();
+        self.sidecar
+            .set_agent_budgets(&budgets(now.values().map(|a| &a.config)));
     }
 
     async fn prepare(&self, config: AgentConfig) -> Agent {
@@ -521,6 +558,8 @@ impl Harness {
     pub async fn shutdown(&self, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         self.wake.notify_one();
+        // Their callers hear that cairn is stopping.
+        lock(&self.rollbacks).clear();
         let deadline = tokio::time::Instant::now() + grace;
         while self.running.load(Ordering::SeqCst) > 0 {
             let ended = self.ended.notified();
@@ -550,6 +589,74 @@ impl Harness {
         self.sidecar.flush();
     }
 
+    /// Rolls back a step or a dispatch of the repository, as `cairn
+    /// rollback` does, once the dispatch running now (if any) has ended:
+    /// rollbacks go ahead of queued dispatches.
+    pub async fn rollback(
+        &self,
+        text: &str,
+        force: bool,
+    ) -> Result<(Target, Undone), RollbackRefused> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(RollbackRefused::Stopping);
+        }
+        let failed = |e: anyhow::Error| RollbackRefused::Failed(format!("{e:#}"));
+        let (target, dispatch, path) = {
+            let store = self.store();
+            let Some((target, dispatch)) = Target::find(&store, text).map_err(failed)? else {
+                return Err(RollbackRefused::NotFound(Target::not_found(text)));
+            };
+            let path = store
+                .dispatch_workspace(&dispatch)
+                .and_then(|ws| store.workspace_path(ws))
+                .map_err(failed)?;
+            (target, dispatch, path)
+        };
+        use std::os::unix::ffi::OsStrExt;
+        if path != self.repo.as_os_str().as_bytes() {
+            return Err(RollbackRefused::Elsewhere(format!(
+                "dispatch {dispatch} ran in {}, not in the repository {}: a worktree dispatch's result is its branch (delete the branch to drop it)",
+                String::from_utf8_lossy(&path),
+                self.repo.display()
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        lock(&self.rollbacks).push_back(RollbackJob {
+            target: target.clone(),
+            force,
+            reply,
+        });
+        self.wake.notify_one();
+        match answer.await {
+            Err(_) => Err(RollbackRefused::Stopping),
+            Ok(Err(e)) => match e.downcast::<Conflict>() {
+                Ok(c) => Err(RollbackRefused::Conflict(c)),
+                Err(e) => Err(failed(e)),
+            },
+            Ok(Ok(undone)) => {
+                let mut event = Event::new("rollback");
+                event.step = undone.step;
+                event.detail = Some(format!(
+                    "{}: {} path(s) restored",
+                    target.describe(),
+                    undone.paths
+                ));
+                self.events.send(event);
+                Ok((target, undone))
+            }
+        }
+    }
+
+    /// The repository's timeline: the one kept, or opened again after a
+    /// dispatch that failed to give it back.
+    fn shared_timeline(&self, kept: &mut Option<Timeline>) -> Result<Timeline> {
+        match kept.take() {
+            Some(tl) => Ok(tl),
+            None => tokio::task::block_in_place(|| Timeline::open(&self.data, &self.repo, true))
+                .with_context(|| format!("opening workspace {}", self.repo.display())),
+        }
+    }
+
     /// The shared workspace's one writer.
     async fn shared_worker(self: Arc<Self>, timeline: Timeline) {
         let mut timeline = Some(timeline);
@@ -557,6 +664,18 @@ impl Harness {
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
+            }
+            let rollback = lock(&self.rollbacks).pop_front();
+            if let Some(job) = rollback {
+                self.shared_busy.store(true, Ordering::SeqCst);
+                let result = self.shared_timeline(&mut timeline).and_then(|mut tl| {
+                    let r = tokio::task::block_in_place(|| tl.rollback(&job.target, job.force));
+                    timeline = Some(tl);
+                    r
+                });
+                self.shared_busy.store(false, Ordering::SeqCst);
+                let _ = job.reply.send(result);
+                continue;
             }
             let next = lock(&self.queue).pop_front();
             let Some((id, _agent)) = next else {
@@ -566,19 +685,14 @@ impl Harness {
             self.metrics.queue_depth.set(lock(&self.queue).len() as i64);
             let repo = self.repo.clone();
             self.shared_busy.store(true, Ordering::SeqCst);
-            let tl = match timeline.take() {
-                Some(tl) => tl,
-                None => {
-                    match tokio::task::block_in_place(|| Timeline::open(&self.data, &repo, true)) {
-                        Ok(tl) => tl,
-                        Err(e) => {
-                            let why = format!("opening workspace {}: {e:#}", repo.display());
-                            tracing::error!("{why}");
-                            let _ = self.store().finish_task(&id, "failed", "", Some(&why));
-                            self.shared_busy.store(false, Ordering::SeqCst);
-                            continue;
-                        }
-                    }
+            let tl = match self.shared_timeline(&mut timeline) {
+                Ok(tl) => tl,
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    tracing::error!("{why}");
+                    let _ = self.store().finish_task(&id, "failed", "", Some(&why));
+                    self.shared_busy.store(false, Ordering::SeqCst);
+                    continue;
                 }
             };
             timeline = self.execute(&id, tl, &repo).await.0;

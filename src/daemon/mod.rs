@@ -80,12 +80,7 @@ pub fn run(opts: Options, data: DataDir) -> Result<(), Failure> {
             agent_config::agents_dir(&repo).display()
         )));
     }
-    let mut sidecar_config = load_sidecar_config(&repo)?;
-    for (name, c) in &configs {
-        if let Some(b) = &c.budget {
-            sidecar_config.agent_budgets.insert(name.clone(), b.clone());
-        }
-    }
+    let sidecar_config = load_sidecar_config(&repo)?;
     let tokens = if opts.insecure_no_auth {
         None
     } else {
@@ -102,6 +97,7 @@ pub fn run(opts: Options, data: DataDir) -> Result<(), Failure> {
         slots: opts.slots,
     })?;
     let sidecar = Sidecar::start(sidecar_config, &data.store())?;
+    sidecar.set_agent_budgets(&harness::budgets(configs.values()));
     let running_file = running_path(&data);
     let agent_names: Vec<String> = configs.keys().cloned().collect();
     let harness = Harness::new(repo.clone(), data, sandbox, sidecar.clone(), configs)?;

@@ -8,7 +8,7 @@
 //! seeded from the store at start; per-dispatch spending lives in memory.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::config::{Budget, Config, OnExceeded};
 use crate::store::usage::Spent;
@@ -76,7 +76,8 @@ struct State {
 
 pub struct Ledger {
     global: Option<Budget>,
-    agents: HashMap<String, Budget>,
+    /// Per-agent budgets; replaced whole when agents are reloaded.
+    agents: RwLock<Arc<HashMap<String, Budget>>>,
     state: Mutex<State>,
 }
 
@@ -132,11 +133,13 @@ impl Ledger {
     pub fn new(config: &Config) -> Ledger {
         Ledger {
             global: config.global.clone(),
-            agents: config
-                .agent_budgets
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            agents: RwLock::new(Arc::new(
+                config
+                    .agent_budgets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )),
             state: Mutex::new(State::default()),
         }
     }
@@ -168,8 +171,18 @@ impl Ledger {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn budgets<'a>(&'a self, agent: &str) -> impl Iterator<Item = &'a Budget> {
-        self.global.iter().chain(self.agents.get(agent))
+    /// Replaces the per-agent budgets. Spending is kept: every agent's
+    /// scope is tallied whether or not it has a budget, so a budget added
+    /// later sees what was already spent in its windows.
+    pub fn set_agents(&self, budgets: HashMap<String, Budget>) {
+        *self.agents.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(budgets);
+    }
+
+    fn agents(&self) -> Arc<HashMap<String, Budget>> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Checks every budget that applies and, when none refuses, reserves
@@ -183,9 +196,11 @@ impl Ledger {
         now: i64,
         degraded: bool,
     ) -> Result<Reservation, Exceeded> {
+        let agents = self.agents();
+        let budgets: Vec<&Budget> = self.global.iter().chain(agents.get(payer.agent)).collect();
         let mut state = self.lock();
         let mut over: Vec<Exceeded> = Vec::new();
-        for b in self.budgets(payer.agent) {
+        for b in budgets.iter().copied() {
             let t = state.scopes.entry(b.scope.clone()).or_default();
             t.roll(now);
             let checks: [(&'static str, Option<f64>, f64, f64, f64); 4] = [
@@ -236,7 +251,7 @@ impl Ledger {
             }
         }
         if let Some(dispatch) = payer.dispatch {
-            let configured = self.budgets(payer.agent).filter_map(|b| {
+            let configured = budgets.iter().filter_map(|b| {
                 b.tokens_per_dispatch
                     .map(|l| (l, b.on_exceeded, b.degrade_to.clone()))
             });
@@ -269,7 +284,11 @@ impl Ledger {
         {
             return Err(first.clone());
         }
-        let keys: Vec<String> = self.budgets(payer.agent).map(|b| b.scope.clone()).collect();
+        let own_scope = format!("agent {}", payer.agent);
+        let mut keys: Vec<String> = budgets.iter().map(|b| b.scope.clone()).collect();
+        if !keys.contains(&own_scope) {
+            keys.push(own_scope);
+        }
         for k in &keys {
             let t = state.scopes.entry(k.clone()).or_default();
             t.reserved.tokens += amount.tokens;
@@ -290,9 +309,10 @@ impl Ledger {
 
     /// What is left of each limit: `(scope, limit name, remaining)`.
     pub fn remaining(&self, now: i64) -> Vec<(String, &'static str, f64)> {
+        let agents = self.agents();
         let mut state = self.lock();
         let mut out = Vec::new();
-        for b in self.global.iter().chain(self.agents.values()) {
+        for b in self.global.iter().chain(agents.values()) {
             let t = state.scopes.entry(b.scope.clone()).or_default();
             t.roll(now);
             for (name, limit, spent) in [
@@ -502,5 +522,37 @@ mod tests {
         assert_eq!((y, m, d), (2026, 9, 21));
         assert_eq!(civil(month_start(NOW)), (2026, 9, 1, 0));
         assert_eq!(civil(day_start(NOW)), (2026, 9, 21, 0));
+    }
+
+    #[test]
+    fn agent_budgets_set_later_see_what_was_already_spent() {
+        let l = ledger("");
+        let ask = Amount {
+            tokens: 40,
+            usd: 0.0,
+        };
+        // No budget yet: spending is tallied all the same.
+        l.reserve(&payer(), ask, NOW, false)
+            .unwrap()
+            .settle(ask, NOW);
+        let budget = Budget {
+            scope: "agent a".into(),
+            tokens_per_day: Some(100),
+            ..Budget::default()
+        };
+        l.set_agents(HashMap::from([("a".to_string(), budget)]));
+        let r = l.reserve(&payer(), ask, NOW, false).unwrap();
+        let e = l.reserve(&payer(), ask, NOW, false).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "budget exceeded: agent a tokens_per_day: 40 tokens spent + 40 tokens in flight + 40 tokens asked > 100 tokens"
+        );
+        r.settle(ask, NOW);
+        // Removed again: the agent is not limited any more.
+        l.set_agents(HashMap::new());
+        l.reserve(&payer(), ask, NOW, false)
+            .unwrap()
+            .settle(ask, NOW);
+        assert!(l.remaining(NOW).is_empty());
     }
 }

@@ -200,6 +200,32 @@ impl Sidecar {
         web::json_response(StatusCode::OK, &json!({ "object": "list", "data": data }))
     }
 
+    /// Sets the budgets of the agents defined in their own directories
+    /// (`budget` in `agent.toml`), over those of `sidecar.toml`; called at
+    /// start and on every reload. Spending so far is kept.
+    pub fn set_agent_budgets(&self, defined: &std::collections::BTreeMap<String, config::Budget>) {
+        let mut all: std::collections::HashMap<String, config::Budget> = self
+            .config
+            .agent_budgets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (agent, b) in defined {
+            if let Some(to) = &b.degrade_to
+                && !self.config.models.contains_key(to)
+            {
+                tracing::warn!(
+                    "agent {agent}: budget.degrade_to: no model `{to}` in {}; calls over its budget are refused instead",
+                    self.config.origin
+                );
+            }
+            all.insert(agent.clone(), b.clone());
+        }
+        self.ledger.set_agents(all);
+        self.metrics.budget_remaining.clear();
+        self.update_remaining();
+    }
+
     /// The Prometheus text of the sidecar's metrics.
     pub fn metrics_text(&self) -> String {
         self.update_remaining();

@@ -119,6 +119,40 @@ pub enum Target {
     Dispatch(String),
 }
 
+impl Target {
+    /// Reads `text`, a step number or a dispatch id (or a unique prefix of
+    /// one): the target and the dispatch it belongs to, None when there is
+    /// no such step or dispatch.
+    pub fn find(store: &Store, text: &str) -> Result<Option<(Target, String)>> {
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            let Ok(id) = text.parse::<i64>() else {
+                return Ok(None);
+            };
+            return Ok(store.step(id)?.map(|s| (Target::Step(id), s.dispatch)));
+        }
+        Ok(store
+            .find_dispatch(text)?
+            .map(|d| (Target::Dispatch(d.id.clone()), d.id)))
+    }
+
+    /// What to say when [`Target::find`] found nothing for `text`.
+    pub fn not_found(text: &str) -> String {
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            format!("no step {text}")
+        } else {
+            format!("no dispatch or step {text}")
+        }
+    }
+
+    /// How a report names it: `step 4`, `dispatch 0193…`.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Step(s) => format!("step {s}"),
+            Target::Dispatch(d) => format!("dispatch {d}"),
+        }
+    }
+}
+
 /// A rollback refused because paths it would put back changed since.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} refused: {count} path(s) changed since: {list}; --force overwrites them")]
@@ -280,10 +314,7 @@ impl Timeline {
         self.store.write(|tx| record_outside(tx, ws, &found))?;
         self.absorb(&found);
 
-        let what = match target {
-            Target::Step(s) => format!("rollback of step {s}"),
-            Target::Dispatch(d) => format!("rollback of dispatch {d}"),
-        };
+        let what = format!("rollback of {}", target.describe());
         let undo = self.composed(target)?;
         let mut conflicts = Vec::new();
         for c in &undo {

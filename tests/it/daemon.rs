@@ -693,11 +693,37 @@ fn hot_reload_applies_good_edits_and_keeps_the_last_good_version() {
         v["result"]["task"]["status"]["state"], "TASK_STATE_COMPLETED",
         "{v}"
     );
-    // Fixed again: ready.
-    agent(&env, "second", "[guests.main]\nimage = \"echo\"\n");
+    // Fixed again, with a budget: ready, and the sidecar holds the budget.
+    agent(
+        &env,
+        "second",
+        "[guests.main]\nimage = \"echo\"\n[budget]\ntokens_per_day = 5000\n",
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while d.get("/health/ready", None).0 != 200 {
         assert!(Instant::now() < deadline, "never ready again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = || {
+        d.rt.block_on(async {
+            let r = d.client.get(&d.metrics).send().await.unwrap();
+            r.text().await.unwrap()
+        })
+    };
+    let limit = r#"budget_remaining{scope="agent second",limit="tokens_per_day"} 5000"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !metrics().contains(limit) {
+        assert!(
+            Instant::now() < deadline,
+            "the budget never reached the sidecar"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Removed by an edit: gone from the sidecar too.
+    agent(&env, "second", "[guests.main]\nimage = \"echo\"\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metrics().contains("scope=\"agent second\"") {
+        assert!(Instant::now() < deadline, "the budget was never dropped");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -927,4 +953,121 @@ fn cancel_stops_queued_and_running_dispatches() {
     assert_eq!(v["result"]["status"]["state"], "TASK_STATE_CANCELED", "{v}");
     let (_, one) = d.get(&format!("/dispatches/{running}"), Some(&d.observe));
     assert_eq!(one["status"], "rolled-back", "{one}");
+}
+
+#[test]
+fn admin_rollback_waits_for_the_running_dispatch_and_the_cli_goes_through_the_daemon() {
+    let env = repo();
+    wat_agent(&env, "writer", "writer.wat", "", "timeout_secs = 60\n");
+    std::fs::write(env.ws("notes.txt"), "before\n").unwrap();
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let v = d.rpc("writer", &send_v1("write notes.txt after", true));
+    let task = &v["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{v}");
+    let wrote = task["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read_to_string(env.ws("notes.txt")).unwrap(),
+        "after\n"
+    );
+
+    let ask = |target: Value, token: &str| {
+        let (status, _, v) = d.post(
+            "/admin/rollback",
+            Some(token),
+            json!({ "target": target }).to_string(),
+        );
+        (status, v)
+    };
+    // Only the admin token may; bad targets are refused with the reason.
+    assert_eq!(ask(json!(wrote), &d.observe).0, 401);
+    assert_eq!(ask(json!(wrote), &d.invoke).0, 401);
+    let (status, v) = ask(json!("no-such-dispatch"), &d.admin);
+    assert_eq!(status, 404, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no-such-dispatch"),
+        "{v}"
+    );
+    assert_eq!(ask(json!(999_999), &d.admin).0, 404);
+    let (status, _, v) = d.post("/admin/rollback", Some(&d.admin), "{}");
+    assert_eq!(status, 400, "{v}");
+
+    // A dispatch holds the repository: the rollback waits for it.
+    let waiting = d.rpc("writer", &send_v1("wait", false))["result"]["task"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = d.rpc(
+            "writer",
+            &json!({"jsonrpc":"2.0","id":2,"method":"GetTask","params":{"id":waiting}}),
+        );
+        if v["result"]["status"]["state"] == "TASK_STATE_WORKING" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never started: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, v) = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (d, ask, wrote) = (&d, &ask, &wrote);
+        s.spawn(move || tx.send(ask(json!(wrote), &d.admin)).unwrap());
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            rx.try_recv().is_err(),
+            "the rollback did not wait for the running dispatch"
+        );
+        assert_eq!(
+            std::fs::read_to_string(env.ws("notes.txt")).unwrap(),
+            "after\n"
+        );
+        let v = d.rpc(
+            "writer",
+            &json!({"jsonrpc":"2.0","id":5,"method":"CancelTask","params":{"id":waiting}}),
+        );
+        assert_eq!(v["result"]["status"]["state"], "TASK_STATE_CANCELED", "{v}");
+        rx.recv_timeout(Duration::from_secs(60)).unwrap()
+    });
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["paths"], 1, "{v}");
+    assert_eq!(
+        std::fs::read_to_string(env.ws("notes.txt")).unwrap(),
+        "before\n"
+    );
+    let step = v["step"].as_i64().unwrap();
+
+    // Again: the file changed since (by the rollback), so it is a conflict.
+    let (status, v) = ask(json!(wrote), &d.admin);
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["conflict"]["count"], 1, "{v}");
+
+    // `cairn rollback` while the daemon holds the workspace asks the
+    // daemon, with the same exit codes.
+    let out = env.cairn().args(["rollback", &wrote]).output().unwrap();
+    assert_eq!(out.status.code(), Some(9), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("notes.txt"),
+        "{out:?}"
+    );
+    let out = env
+        .cairn()
+        .args(["rollback", &step.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("by the daemon"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.ws("notes.txt")).unwrap(),
+        "after\n"
+    );
+    // The daemon still serves.
+    let v = d.rpc("echo", &send_v1("after", true));
+    assert_eq!(
+        v["result"]["task"]["status"]["state"],
+        "TASK_STATE_COMPLETED"
+    );
 }
