@@ -38,6 +38,7 @@ pub mod image;
 pub mod invoke;
 pub mod logging;
 pub mod sandbox;
+pub mod schedule;
 pub mod sidecar;
 pub mod store;
 pub mod timeline;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Up(cmd) => cmd.execute(&cli.global),
         Command::Token(cmd) => cmd.execute(&cli.global),
         Command::Status(cmd) => cmd.execute(&cli.global),
+        Command::Validate(cmd) => cmd.execute(),
         Command::Logs(cmd) => cmd.execute(&cli.global),
         Command::Run(cmd) => cmd.execute(&cli.global),
         Command::Log(cmd) => cmd.execute(&cli.global),

@@ -19,6 +19,7 @@ pub mod sidecar;
 pub mod status;
 pub mod token;
 pub mod up;
+pub mod validate;
 
 use crate::data_dir::DataDir;
 use crate::error::Failure;
@@ -58,6 +59,8 @@ pub enum Command {
     Token(token::TokenCommand),
     /// Show the running daemon's health and latest dispatches
     Status(status::StatusCommand),
+    /// Check a repository's agents and prompt files without running anything
+    Validate(validate::ValidateCommand),
     /// Show recent dispatches; with -f, follow dispatch and step events
     Logs(logs::LogsCommand),
     /// Run one dispatch on a guest and print its reply

@@ -37,6 +37,18 @@ pub struct UpCommand {
     /// How many guests may run at once
     #[arg(long, default_value_t = 16, value_parser = value_parser!(u32).range(1..=1024))]
     pub slots: u32,
+    /// Jobs that may run at once over all agents; a job due past it is skipped
+    #[arg(long, default_value_t = 8, value_parser = value_parser!(u32).range(1..=10_000))]
+    pub max_jobs: u32,
+    /// A private or loopback host (`host` or `host:port`) webhooks may reach
+    /// anyway; repeat for more. Webhooks reach only public addresses otherwise
+    #[arg(
+        long = "webhook-allow-host",
+        value_name = "HOST[:PORT]",
+        env = "CAIRN_WEBHOOK_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    pub webhook_allow: Vec<String>,
 }
 
 impl UpCommand {
@@ -62,6 +74,16 @@ impl UpCommand {
                 grace: Duration::from_secs(self.grace),
                 max_body: self.max_body as usize,
                 slots: self.slots,
+                schedule: crate::schedule::Limits {
+                    max_jobs: self.max_jobs as usize,
+                    webhook_allow: self
+                        .webhook_allow
+                        .iter()
+                        .map(|h| h.trim().to_ascii_lowercase())
+                        .filter(|h| !h.is_empty())
+                        .collect(),
+                    ..Default::default()
+                },
             },
             data,
         )

@@ -8,6 +8,10 @@
 //! | `POST /a2a/{agent}` | invoke | A2A JSON-RPC, 1.0 and 0.3 |
 //! | `GET /dispatches`, `/dispatches/{id}`, `/conversations`, `/events` | observe | what happened, and the live stream |
 //! | `POST /admin/dispatch`, `/admin/reload`, `/admin/rollback` | admin | manual runs, reload, undo |
+//! | `POST /triggers/{endpoint}` | HMAC signature or invoke | a trigger's dispatch |
+//! | `GET /heartbeat`, `/jobs`, `/tasks`, `/triggers`, `/continuations`, `/webhooks` | observe | the scheduler's items |
+//! | `POST /jobs/{name}/run`, `/tasks/…`, `/triggers/…`, `/heartbeat/run` | admin | a manual fire |
+//! | `GET /.well-known/agent-triggers.json` | none | the enabled triggers |
 //!
 //! The admin token is accepted wherever another is. Cards and probes reveal
 //! no conversation and change nothing, so they are open.
@@ -37,6 +41,7 @@ use crate::web::{self, Body, BodyError, Handler, Response, json_response};
 
 pub struct Api {
     pub harness: Arc<Harness>,
+    pub scheduler: Arc<crate::schedule::Scheduler>,
     /// None: `--insecure-no-auth`.
     pub tokens: Option<Tokens>,
     pub max_body: usize,
@@ -55,7 +60,7 @@ impl Handler for Api {
         let method = req.method().clone();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["health", probe]) => self.health(probe),
-            (&Method::GET, [".well-known", file]) => {
+            (&Method::GET, [".well-known", file]) if *file != "agent-triggers.json" => {
                 let agents = self.harness.agents();
                 match agents.keys().next() {
                     Some(only) if agents.len() == 1 => self.card(only, file),
@@ -96,7 +101,7 @@ impl Handler for Api {
             (&Method::POST, ["admin", "reload"]) => match self.refuse(&req, Scope::Admin) {
                 Some(r) => r,
                 None => {
-                    let errors = super::reload::reload(&self.harness).await;
+                    let errors = super::reload::reload(&self.harness, &self.scheduler).await;
                     let status = if errors.is_empty() {
                         StatusCode::OK
                     } else {
@@ -116,6 +121,53 @@ impl Handler for Api {
                 Some(r) => r,
                 None => self.rollback(req).await,
             },
+            (&Method::POST, ["triggers", endpoint]) => {
+                let endpoint = endpoint.to_string();
+                self.trigger(&endpoint, req).await
+            }
+            (&Method::GET, [".well-known", "agent-triggers.json"]) => json_response(
+                StatusCode::OK,
+                &self.scheduler.trigger_descriptors(&self.base_url),
+            ),
+            (
+                &Method::GET,
+                [
+                    list @ ("heartbeat" | "jobs" | "tasks" | "triggers" | "continuations"
+                    | "webhooks"),
+                ],
+            ) => match self.refuse(&req, Scope::Observe) {
+                Some(r) => r,
+                None => json_response(
+                    StatusCode::OK,
+                    &self.scheduler.list(list.trim_end_matches('s')),
+                ),
+            },
+            (&Method::POST, ["validate"]) => match self.refuse(&req, Scope::Admin) {
+                Some(r) => r,
+                None => {
+                    let report =
+                        crate::schedule::validate(&self.harness.repo, &self.scheduler.allow());
+                    let status = if report.errors.is_empty() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    };
+                    json_response(
+                        status,
+                        &json!({ "valid": report.errors.is_empty(), "report": report }),
+                    )
+                }
+            },
+            (&Method::POST, ["heartbeat", "run"]) => match self.refuse(&req, Scope::Admin) {
+                Some(r) => r,
+                None => self.run_now("heartbeat", "heartbeat", &req),
+            },
+            (&Method::POST, [list @ ("jobs" | "tasks" | "triggers"), name, "run"]) => {
+                match self.refuse(&req, Scope::Admin) {
+                    Some(r) => r,
+                    None => self.run_now(list.trim_end_matches('s'), name, &req),
+                }
+            }
             (
                 _,
                 ["health", _] | ["dispatches"] | ["dispatches", _] | ["conversations"] | ["events"],
@@ -128,6 +180,16 @@ impl Handler for Api {
             _ => problem(StatusCode::NOT_FOUND, format!("no such path: {path}")),
         }
     }
+}
+
+fn scheduler_refusal(r: crate::schedule::Refusal) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = problem(status, r.message);
+    if let Some(after) = r.retry_after {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, after.into());
+    }
+    resp
 }
 
 /// The query string as a map (a repeated key keeps its last value).
@@ -387,6 +449,9 @@ impl Api {
             session,
             message_id: Some(p.message_id),
             metadata: p.metadata,
+            guest: None,
+            model: None,
+            max_tokens: None,
         })
     }
 
@@ -569,6 +634,47 @@ impl Api {
         sse(stream, None)
     }
 
+    /// `POST /triggers/<endpoint>`: the body (up to 1 MiB, or the
+    /// configured cap if lower) reaches the trigger's prompt, marked as
+    /// untrusted. 202 with the dispatch id.
+    async fn trigger(&self, endpoint: &str, req: http::Request<Incoming>) -> Response {
+        let bearer_ok = self
+            .tokens
+            .as_ref()
+            .map(|t| web::bearer(req.headers()).is_some_and(|b| t.grants(Scope::Invoke, b)));
+        let headers = req.headers().clone();
+        let cap = self.max_body.min(1 << 20);
+        let body = match web::read_body(req.into_body(), cap).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge(limit)) => {
+                return problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("larger than {limit} bytes"),
+                );
+            }
+            Err(BodyError::Broken(why)) => return problem(StatusCode::BAD_REQUEST, why),
+        };
+        match self.scheduler.trigger(endpoint, &headers, &body, bearer_ok) {
+            Ok((dispatch, session)) => json_response(
+                StatusCode::ACCEPTED,
+                &json!({ "dispatch": dispatch, "session": session }),
+            ),
+            Err(r) => scheduler_refusal(r),
+        }
+    }
+
+    /// A manual fire; `?agent=` picks among agents defining the same name.
+    fn run_now(&self, kind: &str, name: &str, req: &http::Request<Incoming>) -> Response {
+        let q = query(req);
+        match self
+            .scheduler
+            .run_now(kind, name, q.get("agent").map(String::as_str))
+        {
+            Ok(dispatch) => json_response(StatusCode::ACCEPTED, &json!({ "dispatch": dispatch })),
+            Err(r) => scheduler_refusal(r),
+        }
+    }
+
     /// An admin request's JSON body, or the response refusing it.
     async fn json_body(&self, req: http::Request<Incoming>) -> Result<Value, Response> {
         let body = match web::read_body(req.into_body(), self.max_body).await {
@@ -662,6 +768,9 @@ impl Api {
             session: v["session"].as_str().map(str::to_string),
             message_id: None,
             metadata: Default::default(),
+            guest: None,
+            model: None,
+            max_tokens: None,
         };
         match self.harness.submit(request) {
             Ok(row) => json_response(

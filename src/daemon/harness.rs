@@ -94,7 +94,15 @@ pub struct Request {
     pub session: Option<String>,
     pub message_id: Option<String>,
     pub metadata: Map<String, Value>,
+    /// A prompt file's choices, over the agent's routing: the guest, the
+    /// model, and a cap on the dispatch's tokens through the sidecar.
+    pub guest: Option<String>,
+    pub model: Option<String>,
+    pub max_tokens: Option<u64>,
 }
+
+/// The metadata key that carries a prompt file's guest to the dispatch.
+const GUEST_KEY: &str = "cairn.guest";
 
 /// A rollback asked of the daemon (`POST /admin/rollback`): the
 /// repository's worker runs it between dispatches.
@@ -446,7 +454,7 @@ impl Harness {
             .ok_or_else(|| Refused::UnknownAgent(req.agent.clone()))?;
         let (entry, _) = agent
             .config
-            .route(&req.kind, None, None)
+            .route(&req.kind, req.guest.as_deref(), None)
             .map_err(Refused::Invalid)?;
         if !agent.guests.contains_key(&entry.name) {
             return Err(Refused::Unhealthy {
@@ -475,6 +483,11 @@ impl Harness {
         }
         let mut dispatch = Dispatch::new(&req.agent, req.kind, req.prompt, req.session);
         dispatch.metadata = req.metadata;
+        if let Some(g) = req.guest {
+            dispatch.metadata.insert(GUEST_KEY.into(), Value::String(g));
+        }
+        dispatch.model = req.model;
+        dispatch.max_tokens = req.max_tokens;
         let now = crate::store::now_ms();
         let row = TaskRow {
             id: dispatch.id.clone(),
@@ -790,7 +803,11 @@ impl Harness {
             );
             return (Some(timeline), Some("failed".into()));
         };
-        let (entry, model) = match agent.config.route(&dispatch.kind, None, None) {
+        let guest = dispatch.metadata.get(GUEST_KEY).and_then(Value::as_str);
+        let routed = agent
+            .config
+            .route(&dispatch.kind, guest, dispatch.model.as_deref());
+        let (entry, model) = match routed {
             Ok((e, m)) => (e.clone(), m),
             Err(why) => {
                 self.fail_early(&task, why);
@@ -807,7 +824,7 @@ impl Harness {
             return (Some(timeline), Some("failed".into()));
         };
         dispatch.model = model;
-        dispatch.max_tokens = entry.max_tokens;
+        dispatch.max_tokens = dispatch.max_tokens.or(entry.max_tokens);
         match self
             .store()
             .set_task_state(id, &["submitted"], "working", None)

@@ -39,6 +39,7 @@ pub struct Options {
     pub grace: Duration,
     pub max_body: usize,
     pub slots: u32,
+    pub schedule: crate::schedule::Limits,
 }
 
 /// Where a running daemon listens, for `cairn status`, `logs` and `token`:
@@ -73,6 +74,13 @@ pub fn run(opts: Options, data: DataDir) -> Result<(), Failure> {
     if !errors.is_empty() {
         let lines: Vec<String> = errors.into_iter().map(|e| e.0).collect();
         return Err(Failure::Usage(lines.join("\n")));
+    }
+    let report = crate::schedule::validate(&repo, &opts.schedule.webhook_allow);
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    if !report.errors.is_empty() {
+        return Err(Failure::Usage(report.errors.join("\n")));
     }
     if configs.is_empty() {
         return Err(Failure::Usage(format!(
@@ -149,7 +157,12 @@ pub fn run(opts: Options, data: DataDir) -> Result<(), Failure> {
         }
         println!("  stop: Ctrl-C (twice to force)");
 
+        let scheduler = crate::schedule::Scheduler::new(harness.clone(), opts.schedule.clone());
+        for e in scheduler.start() {
+            tracing::error!("{e}");
+        }
         let api = Arc::new(api::Api {
+            scheduler: scheduler.clone(),
             harness: harness.clone(),
             tokens,
             max_body: opts.max_body,
@@ -185,7 +198,7 @@ pub fn run(opts: Options, data: DataDir) -> Result<(), Failure> {
             let h = harness.clone();
             tokio::spawn(async move { h.prepare_all().await });
         }
-        let _watcher = match reload::watch(harness.clone()) {
+        let _watcher = match reload::watch(harness.clone(), scheduler.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!("no hot reload ({e}); `POST /admin/reload` still works");

@@ -12,12 +12,16 @@ use notify::{RecursiveMode, Watcher};
 use super::events::Event;
 use super::harness::Harness;
 use crate::agents::config as agent_config;
+use crate::schedule::Scheduler;
 
 /// Editors write a file in several steps; reload once they are done.
 const QUIET: Duration = Duration::from_millis(300);
 
 /// Starts the watcher; it lives as long as the returned value.
-pub fn watch(harness: Arc<Harness>) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(
+    harness: Arc<Harness>,
+    scheduler: Arc<Scheduler>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
@@ -35,17 +39,19 @@ pub fn watch(harness: Arc<Harness>) -> notify::Result<notify::RecommendedWatcher
                 tokio::time::sleep(QUIET).await;
             }
             while let Ok(Some(())) = tokio::time::timeout(QUIET, rx.recv()).await {}
-            reload(&harness).await;
+            reload(&harness, &scheduler).await;
         }
     });
     Ok(watcher)
 }
 
-/// Reads every agent again and applies what is valid. Returns the errors.
-pub async fn reload(harness: &Arc<Harness>) -> Vec<String> {
+/// Reads every agent again, and their prompt files, and applies what is
+/// valid. Returns the errors.
+pub async fn reload(harness: &Arc<Harness>, scheduler: &Scheduler) -> Vec<String> {
     let (configs, errors) = agent_config::load_all(&harness.repo);
-    let errors: Vec<String> = errors.into_iter().map(|e| e.0).collect();
+    let mut errors: Vec<String> = errors.into_iter().map(|e| e.0).collect();
     harness.apply(configs, &errors).await;
+    errors.extend(scheduler.reload());
     harness.metrics.reload(errors.is_empty());
     let mut event = Event::new(if errors.is_empty() {
         "config.reloaded"

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rusqlite::Connection;
 
+pub mod deliveries;
 pub mod images;
 pub mod tasks;
 pub mod timeline;
@@ -156,6 +157,25 @@ CREATE TABLE conversation (
     at INTEGER NOT NULL
 );
 CREATE INDEX conversation_by_session ON conversation (session, id);
+"#,
+    r#"
+CREATE INDEX tasks_by_kind ON tasks (agent, kind, created_at);
+CREATE TABLE deliveries (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    webhook TEXT NOT NULL,
+    dispatch TEXT NOT NULL,
+    target TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX deliveries_pending ON deliveries (next_at) WHERE state = 'pending';
 "#,
 ];
 

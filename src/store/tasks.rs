@@ -57,6 +57,20 @@ fn task_row(r: &rusqlite::Row) -> rusqlite::Result<TaskRow> {
 }
 
 impl Store {
+    /// The latest task of an agent with this kind (`job:nightly`).
+    pub fn last_task_of_kind(&self, agent: &str, kind: &str) -> Result<Option<TaskRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE agent = ?1 AND kind = ?2 ORDER BY created_at DESC, id DESC LIMIT 1"
+                ),
+                params![agent, kind],
+                task_row,
+            )
+            .optional()?)
+    }
+
     /// Records an accepted task and its prompt in one transaction.
     pub fn insert_task(&mut self, t: &TaskRow, prompt: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
