@@ -320,3 +320,286 @@ impl Timer {
 pub fn contains(reply: &str, phrase: &str) -> bool {
     reply.to_lowercase().contains(&phrase.to_lowercase())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::calendar::{Date, Days, TimeOfDay};
+    use jiff::Timestamp;
+
+    fn ms(instant: &str) -> i64 {
+        instant.parse::<Timestamp>().unwrap().as_millisecond()
+    }
+
+    fn local(at: i64, zone: &Zone) -> String {
+        Timestamp::from_millisecond(at)
+            .unwrap()
+            .to_zoned(zone.rules().clone())
+            .strftime("%Y-%m-%dT%H:%M%:z")
+            .to_string()
+    }
+
+    /// Runs a timer over simulated time from `from` to `to`: wakes exactly
+    /// when it asks (plus `late` ms), each fire's run lasting `run` ms.
+    /// Returns the fired instants and the skip count.
+    fn simulate(t: &mut Timer, to: i64, late: i64, run: i64) -> (Vec<i64>, usize) {
+        let (mut fired, mut skipped) = (Vec::new(), 0);
+        let mut running_until: Option<i64> = None;
+        loop {
+            let next = match (t.next(), running_until) {
+                (Some(n), Some(r)) => n.min(r),
+                (Some(n), None) => n,
+                (None, Some(r)) => r,
+                (None, None) => break,
+            };
+            if next > to {
+                break;
+            }
+            if running_until.is_some_and(|r| r <= next) {
+                t.ended(running_until.unwrap(), "");
+                running_until = None;
+                continue;
+            }
+            let now = next + late;
+            for d in t.due(now, "x") {
+                match d {
+                    Due::Fire { scheduled, .. } => {
+                        fired.push(scheduled);
+                        running_until = Some(now + run);
+                    }
+                    Due::Skip { .. } => skipped += 1,
+                }
+            }
+        }
+        (fired, skipped)
+    }
+
+    #[test]
+    fn cron_is_drift_free_over_simulated_days_despite_late_wakes_and_long_runs() {
+        let paris = Zone::parse("Europe/Paris").unwrap();
+        let cron = Cron::parse("0 9 * * *").unwrap();
+        let start = ms("2026-01-01T00:00:00Z");
+        let mut t = Timer::cron(cron, paris.clone(), CatchUp::None, &Past::default(), start);
+        // Every wake 7 s late, every run 3 hours: 400 days, across both DST
+        // changes, always 09:00 local.
+        let (fired, skipped) = simulate(&mut t, start + 400 * 86_400_000, 7_000, 3 * 3_600_000);
+        assert_eq!(fired.len(), 400);
+        assert_eq!(skipped, 0);
+        assert!(fired.iter().all(|f| local(*f, &paris).contains("T09:00")));
+    }
+
+    #[test]
+    fn a_fire_while_the_previous_run_goes_is_skipped_and_counted() {
+        let cron = Cron::parse("*/10 * * * *").unwrap();
+        let start = ms("2026-03-01T00:00:00Z");
+        let mut t = Timer::cron(cron, Zone::utc(), CatchUp::None, &Past::default(), start);
+        // Runs of 25 minutes: of each 3 fires, 2 are skipped.
+        let (fired, skipped) = simulate(&mut t, start + 3_600_000, 0, 25 * 60_000);
+        assert_eq!(fired.len(), 2, "{fired:?}");
+        assert_eq!(skipped, 4);
+    }
+
+    #[test]
+    fn fires_across_dst_changes_follow_the_wall_clock() {
+        let ny = Zone::parse("America/New_York").unwrap();
+        // 02:30 does not exist on 2026-03-08: it fires once, at 03:00.
+        let cron = Cron::parse("30 2 * * *").unwrap();
+        let start = ms("2026-03-06T12:00:00Z");
+        let mut t = Timer::cron(cron, ny.clone(), CatchUp::None, &Past::default(), start);
+        let (fired, _) = simulate(&mut t, start + 3 * 86_400_000, 0, 1000);
+        let shown: Vec<String> = fired.iter().map(|f| local(*f, &ny)).collect();
+        assert_eq!(
+            shown,
+            [
+                "2026-03-07T02:30-05:00",
+                "2026-03-08T03:00-04:00",
+                "2026-03-09T02:30-04:00"
+            ]
+        );
+        // 01:30 happens twice on 2026-11-01: it fires once.
+        let cron = Cron::parse("30 1 * * *").unwrap();
+        let start = ms("2026-10-31T12:00:00Z");
+        let mut t = Timer::cron(cron, ny.clone(), CatchUp::None, &Past::default(), start);
+        let (fired, _) = simulate(&mut t, start + 2 * 86_400_000, 0, 1000);
+        let shown: Vec<String> = fired.iter().map(|f| local(*f, &ny)).collect();
+        assert_eq!(shown, ["2026-11-01T01:30-04:00", "2026-11-02T01:30-05:00"]);
+    }
+
+    #[test]
+    fn fires_missed_while_down_are_skipped_or_caught_up_once() {
+        let cron = Cron::parse("0 * * * *").unwrap();
+        let last = ms("2026-05-01T10:00:00Z");
+        let past = Past {
+            last_scheduled: Some(last),
+            ever: true,
+            ..Past::default()
+        };
+        // Down for five hours and a half.
+        let now = ms("2026-05-01T15:30:00Z");
+        let mut none = Timer::cron(cron.clone(), Zone::utc(), CatchUp::None, &past, now);
+        let due = none.due(now, "x");
+        assert_eq!(due.len(), 5);
+        assert!(due.iter().all(|d| matches!(d, Due::Skip { .. })));
+        assert_eq!(none.next(), Some(ms("2026-05-01T16:00:00Z")));
+
+        let mut once = Timer::cron(cron, Zone::utc(), CatchUp::Once, &past, now);
+        let due = once.due(now, "x");
+        let fires: Vec<_> = due
+            .iter()
+            .filter(|d| matches!(d, Due::Fire { .. }))
+            .collect();
+        assert_eq!(fires.len(), 1);
+        assert_eq!(
+            fires[0],
+            &Due::Fire {
+                scheduled: ms("2026-05-01T15:00:00Z"),
+                session: None
+            }
+        );
+        assert_eq!(once.next(), Some(ms("2026-05-01T16:00:00Z")));
+    }
+
+    #[test]
+    fn a_job_without_schedule_runs_once_ever() {
+        let now = ms("2026-05-01T10:00:00Z");
+        let mut t = Timer::once(&Past::default(), now);
+        assert_eq!(t.due(now, "x").len(), 1);
+        assert_eq!(t.next(), None);
+        let ran = Past {
+            ever: true,
+            ..Past::default()
+        };
+        assert_eq!(Timer::once(&ran, now).next(), None);
+    }
+
+    fn night_windows() -> Windows {
+        Windows {
+            zone: Zone::parse("Europe/Paris").unwrap(),
+            days: Days::parse("Mon-Fri").unwrap(),
+            start: Some(Date::parse("2026-06-01").unwrap()),
+            end: Some(Date::parse("2026-06-05").unwrap()),
+            window_start: TimeOfDay::parse("22:00").unwrap(),
+            duration_ms: 4 * 3_600_000,
+        }
+    }
+
+    #[test]
+    fn a_task_fires_once_per_window_across_midnight_with_one_session_per_day() {
+        let start = ms("2026-05-31T12:00:00Z");
+        let mut t = Timer::windows(
+            night_windows(),
+            false,
+            Duration::from_secs(60),
+            None,
+            &Past::default(),
+            start,
+        );
+        let mut sessions = Vec::new();
+        let mut now = start;
+        while let Some(next) = t.next() {
+            now = next.max(now);
+            for d in t.due(now, "night") {
+                if let Due::Fire { session, .. } = d {
+                    sessions.push((
+                        local(now, &Zone::parse("Europe/Paris").unwrap()),
+                        session.unwrap(),
+                    ));
+                    t.ended(now + 60_000, "");
+                }
+            }
+        }
+        // Monday 1 June to Friday 5 June: five windows, each opening at
+        // 22:00 and its session the day it opened.
+        assert_eq!(sessions.len(), 5, "{sessions:?}");
+        assert_eq!(
+            sessions[0],
+            (
+                "2026-06-01T22:00+02:00".into(),
+                "task:night:2026-06-01".into()
+            )
+        );
+        assert_eq!(sessions[4].1, "task:night:2026-06-05");
+    }
+
+    #[test]
+    fn a_loop_runs_until_done_when_or_the_window_closes() {
+        let open = ms("2026-06-01T20:00:00Z"); // 22:00 in Paris
+        let mut t = Timer::windows(
+            night_windows(),
+            true,
+            Duration::from_secs(30 * 60),
+            Some("ALL DONE".into()),
+            &Past::default(),
+            open,
+        );
+        let mut fires = 0;
+        let mut now = open;
+        // Each run takes 10 minutes; the third says it is done.
+        while let Some(next) = t.next().filter(|n| *n < open + 6 * 3_600_000) {
+            now = next.max(now);
+            for d in t.due(now, "night") {
+                if let Due::Fire { session, .. } = d {
+                    assert_eq!(session.as_deref(), Some("task:night:2026-06-01"));
+                    fires += 1;
+                    now += 10 * 60_000;
+                    t.ended(now, if fires == 3 { "all done" } else { "more to do" });
+                }
+            }
+        }
+        assert_eq!(fires, 3);
+        // Without done-when, the loop stops when the window closes: runs
+        // at 22:00, 22:40, …, 01:20 (every 40 minutes within 4 hours).
+        let mut t = Timer::windows(
+            night_windows(),
+            true,
+            Duration::from_secs(30 * 60),
+            None,
+            &Past::default(),
+            open,
+        );
+        let mut fires = 0;
+        let mut now = open;
+        while let Some(next) = t.next().filter(|n| *n < open + 6 * 3_600_000) {
+            now = next.max(now);
+            for d in t.due(now, "night") {
+                if matches!(d, Due::Fire { .. }) {
+                    fires += 1;
+                    now += 10 * 60_000;
+                    t.ended(now, "");
+                }
+            }
+        }
+        assert_eq!(fires, 6);
+    }
+
+    #[test]
+    fn a_restart_inside_a_window_that_already_fired_does_not_fire_again() {
+        let now = ms("2026-06-01T21:00:00Z"); // 23:00 in Paris, in Monday's window
+        let past = Past {
+            last_session: Some("task:night:2026-06-01".into()),
+            last_end: Some(now - 30 * 60_000),
+            ever: true,
+            ..Past::default()
+        };
+        let t = Timer::windows(
+            night_windows(),
+            false,
+            Duration::from_secs(60),
+            None,
+            &past,
+            now,
+        );
+        // Next: Tuesday's window.
+        assert_eq!(t.next(), Some(ms("2026-06-02T20:00:00Z")));
+        // Without that past, it fires now (at least once).
+        let t = Timer::windows(
+            night_windows(),
+            false,
+            Duration::from_secs(60),
+            None,
+            &Past::default(),
+            now,
+        );
+        assert_eq!(t.next(), Some(now));
+    }
+}

@@ -104,8 +104,14 @@ pub fn start(env: &Env, extra: &[&str]) -> Daemon {
 }
 
 pub fn try_start(env: &Env, extra: &[&str]) -> Result<Daemon, Output> {
+    try_start_with(env, extra, &[])
+}
+
+/// `cairn up` with these environment variables set.
+pub fn try_start_with(env: &Env, extra: &[&str], vars: &[(&str, &str)]) -> Result<Daemon, Output> {
     let mut child = env
         .cairn()
+        .envs(vars.iter().copied())
         .args([
             "up",
             "--listen",

@@ -10,6 +10,7 @@ mod faults;
 mod images;
 mod registry;
 mod run_cli;
+mod schedule;
 mod sidecar;
 mod tidy;
 mod timeline;
