@@ -8,8 +8,6 @@
 //!
 //! `cargo bench --bench daemon`
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn::dispatch::{Dispatch, Kind};
@@ -18,18 +16,12 @@ use cairn::invoke;
 use cairn::sandbox::{Limits, Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
+mod common;
+use common::rss_kib;
+
 const ROUND_TRIPS: usize = 1000;
 const CLIENTS: usize = 32;
 const PER_CLIENT: usize = 50;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -45,37 +37,8 @@ fn send(text: &str) -> String {
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let data = tempfile::tempdir().unwrap();
-    let repo = tempfile::tempdir().unwrap();
-    let cairn = env!("CARGO_BIN_EXE_cairn");
-    let init = Command::new(cairn)
-        .arg("init")
-        .arg(repo.path())
-        .env("CAIRN_DATA_DIR", data.path())
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    let mut child = Command::new(cairn)
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--repo",
-        ])
-        .arg(repo.path())
-        .env("CAIRN_DATA_DIR", data.path())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    std::thread::spawn(move || for _ in stdout.lines() {});
-    let url = line.trim().split_once(" — ").unwrap().1.to_string();
+    let up = common::up(|_| {}, &[]);
+    let (data, url) = (&up.data, up.url.clone());
     let tokens: Value =
         serde_json::from_str(&std::fs::read_to_string(data.path().join("tokens.json")).unwrap())
             .unwrap();
@@ -115,7 +78,7 @@ fn main() {
         }
     });
     std::thread::sleep(Duration::from_secs(2));
-    let idle = rss_kib(child.id());
+    let idle = rss_kib(up.child.id());
 
     // Round trips, one client.
     let mut times = Vec::with_capacity(ROUND_TRIPS);
@@ -168,9 +131,8 @@ fn main() {
     });
     let elapsed = start.elapsed();
     let throughput = (CLIENTS * PER_CLIENT) as f64 / elapsed.as_secs_f64();
-    let loaded = rss_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let loaded = rss_kib(up.child.id());
+    drop(up);
 
     // Baseline: the same guest and dispatch in process.
     let code = tempfile::tempdir().unwrap();

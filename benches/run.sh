@@ -21,3 +21,5 @@ benches/pull.sh
 cargo bench --bench sidecar 2>/dev/null
 # The daemon: idle memory, A2A round trip and throughput beside the guest alone (about 1 minute).
 cargo bench --bench daemon 2>/dev/null
+# The scheduler with 10,000 jobs beside a daemon with none (about 4 minutes).
+cargo bench --bench schedule 2>/dev/null

@@ -40,15 +40,17 @@ pub struct UpCommand {
     /// Jobs that may run at once over all agents; a job due past it is skipped
     #[arg(long, default_value_t = 8, value_parser = value_parser!(u32).range(1..=10_000))]
     pub max_jobs: u32,
-    /// A private or loopback host (`host` or `host:port`) webhooks may reach
-    /// anyway; repeat for more. Webhooks reach only public addresses otherwise
+    #[command(flatten)]
+    pub webhooks: crate::commands::validate::WebhookAllow,
+    /// Let prompt files read environment variables whose names start with
+    /// PREFIX as `{{env.VAR}}` (off unless given; repeat for more)
     #[arg(
-        long = "webhook-allow-host",
-        value_name = "HOST[:PORT]",
-        env = "CAIRN_WEBHOOK_ALLOW_HOSTS",
+        long = "prompt-env",
+        value_name = "PREFIX",
+        env = "CAIRN_PROMPT_ENV",
         value_delimiter = ','
     )]
-    pub webhook_allow: Vec<String>,
+    pub prompt_env: Vec<String>,
 }
 
 impl UpCommand {
@@ -76,11 +78,12 @@ impl UpCommand {
                 slots: self.slots,
                 schedule: crate::schedule::Limits {
                     max_jobs: self.max_jobs as usize,
-                    webhook_allow: self
-                        .webhook_allow
+                    webhook_allow: self.webhooks.hosts(),
+                    prompt_env: self
+                        .prompt_env
                         .iter()
-                        .map(|h| h.trim().to_ascii_lowercase())
-                        .filter(|h| !h.is_empty())
+                        .filter(|p| !p.trim().is_empty())
+                        .map(|p| p.trim().to_string())
                         .collect(),
                     ..Default::default()
                 },

@@ -13,14 +13,8 @@ pub struct ValidateCommand {
     /// The repository (default: the current directory)
     #[arg(long, value_name = "DIR")]
     pub repo: Option<PathBuf>,
-    /// Private hosts webhooks may reach, as `cairn up --webhook-allow-host`
-    #[arg(
-        long = "webhook-allow-host",
-        value_name = "HOST[:PORT]",
-        env = "CAIRN_WEBHOOK_ALLOW_HOSTS",
-        value_delimiter = ','
-    )]
-    pub webhook_allow: Vec<String>,
+    #[command(flatten)]
+    pub webhooks: WebhookAllow,
 }
 
 impl ValidateCommand {
@@ -30,7 +24,7 @@ impl ValidateCommand {
             None => std::env::current_dir()
                 .map_err(|e| Failure::Usage(format!("the current directory: {e}")))?,
         };
-        let report = crate::schedule::validate(&repo, &self.webhook_allow);
+        let report = crate::schedule::validate(&repo, &self.webhooks.hosts());
         for w in &report.warnings {
             eprintln!("cairn: warning: {w}");
         }
@@ -39,6 +33,31 @@ impl ValidateCommand {
         }
         println!("{}", report.summary);
         Ok(())
+    }
+}
+
+/// `--webhook-allow-host`, shared by `up` and `validate`.
+#[derive(clap::Args)]
+pub struct WebhookAllow {
+    /// A private or loopback host (`host` or `host:port`) webhooks may reach
+    /// anyway; repeat for more. Webhooks reach only public addresses otherwise
+    #[arg(
+        long = "webhook-allow-host",
+        value_name = "HOST[:PORT]",
+        env = "CAIRN_WEBHOOK_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<String>,
+}
+
+impl WebhookAllow {
+    /// The entries, trimmed and lowercase.
+    pub fn hosts(&self) -> Vec<String> {
+        self.allow
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect()
     }
 }
 

@@ -280,3 +280,22 @@ fn invalid_prompt_files_refuse_the_start_and_keep_the_last_good_version_on_reloa
     assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{task}");
     assert_eq!(d.post("/jobs/nightly/run", Some(&d.observe), "").0, 401);
 }
+
+#[test]
+fn the_example_agent_directory_is_valid() {
+    let env = crate::Env::new();
+    let out = env
+        .cairn()
+        .args(["validate", "--repo"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scheduled-agent"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "1 heartbeat(s), 1 job(s), 1 task(s), 1 trigger(s), 1 continuation(s), 1 webhook(s)"
+        ),
+        "{out:?}"
+    );
+    assert!(out.stderr.is_empty(), "warnings: {out:?}");
+}
