@@ -733,6 +733,20 @@ impl Scheduler {
                 else {
                     continue;
                 };
+                // Leased: not due again while the attempt runs, and tried
+                // again after the lease if cairn stops in the middle of it.
+                let lease = now + hook.timeout.as_millis() as i64 + 60_000;
+                let leased = self.harness.store().update_delivery(
+                    &d.id,
+                    "pending",
+                    d.attempts,
+                    lease,
+                    d.detail.as_deref(),
+                );
+                if let Err(e) = leased {
+                    tracing::error!("webhook {}: {e:#}", d.webhook);
+                    continue;
+                }
                 lock(&in_flight).insert(d.id.clone());
                 let me = self.clone();
                 let in_flight = in_flight.clone();
