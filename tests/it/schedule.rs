@@ -299,3 +299,87 @@ fn the_example_agent_directory_is_valid() {
     );
     assert!(out.stderr.is_empty(), "warnings: {out:?}");
 }
+
+#[test]
+fn a_trigger_is_refused_while_it_runs_past_one_mib_and_without_auth_configured() {
+    let env = repo();
+    crate::daemon::wat_agent(&env, "slow", "writer.wat", "", "timeout_secs = 120\n");
+    let triggers = env.ws(".cairn/agents/slow/triggers");
+    std::fs::create_dir_all(&triggers).unwrap();
+    // The writer guest blocks on its first line, `wait`.
+    std::fs::write(triggers.join("hold.md"), "wait\n").unwrap();
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let post = |body: Vec<u8>| {
+        d.rt.block_on(async {
+            let r = d
+                .client
+                .post(format!("{}/triggers/hold", d.url))
+                .bearer_auth(&d.invoke)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    let (status, v) = post(b"first".to_vec());
+    assert_eq!(status, 202, "{v}");
+    let first = v["dispatch"].as_str().unwrap().to_string();
+    let (status, v) = post(b"second".to_vec());
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("still running"),
+        "{v}"
+    );
+    let (status, _) = post(vec![b'x'; (1 << 20) + 1]);
+    assert_eq!(status, 413);
+    let cancel =
+        serde_json::json!({"jsonrpc":"2.0","id":1,"method":"CancelTask","params":{"id":first}});
+    let v = d.rpc("slow", &cancel);
+    assert_eq!(v["result"]["status"]["state"], "TASK_STATE_CANCELED", "{v}");
+    // Once it ended, the trigger takes requests again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let (status, v) = post(b"third".to_vec());
+        if status == 202 {
+            break v;
+        }
+        assert_eq!(status, 409, "{v}");
+        assert!(Instant::now() < deadline, "the trigger never freed up");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let id = again["dispatch"].as_str().unwrap();
+    let cancel =
+        serde_json::json!({"jsonrpc":"2.0","id":1,"method":"CancelTask","params":{"id":id}});
+    d.rpc("slow", &cancel);
+    drop(d);
+
+    // With auth off and no secret, a trigger has no auth configured: 401.
+    let d = start(&env, &["--insecure-no-auth"]);
+    d.wait_ready();
+    let (status, v) = post_plain(&d, "/triggers/hold");
+    assert_eq!(status, 401, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no auth is configured"),
+        "{v}"
+    );
+}
+
+fn post_plain(d: &crate::daemon::Daemon, path: &str) -> (u16, Value) {
+    d.rt.block_on(async {
+        let r = d
+            .client
+            .post(format!("{}{path}", d.url))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or(Value::Null))
+    })
+}
