@@ -972,9 +972,9 @@ impl Harness {
                     match outcome {
                         Ok(o) => match o.result {
                             Ok(()) => Ok(o.reply.text),
-                            Err(f) => Err(f.to_string()),
+                            Err(f) => Err((f.to_string(), o.reply.text)),
                         },
-                        Err(e) => Err(format!("{e:#}")),
+                        Err(e) => Err((format!("{e:#}"), String::new())),
                     }
                 }
                 Prepared::Peer(peer) => send_to_peer(
@@ -986,7 +986,7 @@ impl Harness {
                 )
                 .await
                 .map(|r| r.text)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| (e.to_string(), String::new())),
             }
         };
         // The agents' definitions are not the guests' to change: a
@@ -994,9 +994,15 @@ impl Harness {
         // fails and is rolled back.
         let guarded = workspace == self.repo;
         let before = guarded.then(|| definitions_fingerprint(&self.repo));
-        let (mut outcome, canceled) = tokio::select! {
+        let (outcome, canceled) = tokio::select! {
             r = run => (r, false),
-            () = cancel.notified() => (Err("canceled".to_string()), true),
+            () = cancel.notified() => (Err(("canceled".to_string(), String::new())), true),
+        };
+        // What the guest said, even when it failed: a dispatch a budget
+        // stopped keeps its partial reply.
+        let (mut outcome, partial) = match outcome {
+            Ok(reply) => (Ok(reply), String::new()),
+            Err((why, partial)) => (Err(why), partial),
         };
         if outcome.is_ok() && before.is_some_and(|b| b != definitions_fingerprint(&self.repo)) {
             outcome = Err(
@@ -1004,6 +1010,15 @@ impl Harness {
                     .into(),
             );
         }
+        // A budget (the dispatch's max-tokens, or one that stops) refused a
+        // model call: the dispatch ends `budget_exceeded`, its changes
+        // rolled back, its reply so far kept.
+        let budget = self.sidecar.take_budget_stop(&id);
+        let (outcome, partial) = match (budget.as_ref(), outcome) {
+            (Some(why), Ok(reply)) => (Err(format!("budget_exceeded: {why}")), reply),
+            (Some(why), Err(_)) if !canceled => (Err(format!("budget_exceeded: {why}")), partial),
+            (_, outcome) => (outcome, partial),
+        };
         self.sidecar.flush();
         let Some((mut timeline, active)) = marks.take() else {
             // Only the run that owns the marks takes them back, once.
@@ -1043,11 +1058,22 @@ impl Harness {
                 String::new(),
                 Some(format!("{why}{rolled_back}")),
             ),
-            Err(why) => (
-                "failed".into(),
-                String::new(),
-                Some(format!("{why}{rolled_back}")),
-            ),
+            Err(why) => {
+                if budget.is_some() {
+                    let detail = format!("{why}{rolled_back}");
+                    let marked = self
+                        .store()
+                        .write(|tx| tx.end_dispatch(&id, "budget_exceeded", Some(&detail)));
+                    if let Err(e) = marked {
+                        tracing::error!(dispatch = %id, "recording budget_exceeded: {e:#}");
+                    }
+                }
+                (
+                    "failed".into(),
+                    partial,
+                    Some(format!("{why}{rolled_back}")),
+                )
+            }
         };
         (result.0, result.1, result.2, Some(timeline))
     }

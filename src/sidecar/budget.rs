@@ -307,6 +307,15 @@ impl Ledger {
         })
     }
 
+    /// Tokens a dispatch spent and holds in flight.
+    pub fn dispatch_used(&self, dispatch: &str) -> u64 {
+        let state = self.lock();
+        state
+            .dispatches
+            .get(dispatch)
+            .map_or(0, |(spent, reserved)| spent + reserved)
+    }
+
     /// What is left of each limit: `(scope, limit name, remaining)`.
     pub fn remaining(&self, now: i64) -> Vec<(String, &'static str, f64)> {
         let agents = self.agents();

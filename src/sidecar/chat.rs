@@ -49,7 +49,8 @@ impl Sidecar {
         caller: Caller,
     ) -> Result<Response, ApiError> {
         let started = Instant::now();
-        let ask = parse(&body)?;
+        let mut ask = parse(&body)?;
+        self.fit_to_dispatch(&caller, &mut ask);
         let Some(model) = self.config.models.get(&ask.requested) else {
             let known: Vec<&str> = self.config.models.keys().map(String::as_str).collect();
             return Err(ApiError::new(
@@ -162,6 +163,31 @@ impl Sidecar {
         Ok(response)
     }
 
+    /// Under a dispatch's `max-tokens`, a call may produce no more than is
+    /// left of it: its `max_tokens` is lowered to that, so calls go on
+    /// until the cap rather than being refused for asking the whole of it.
+    /// With nothing left, the call is left as is, for the budget to refuse.
+    fn fit_to_dispatch(&self, caller: &Caller, ask: &mut Ask) {
+        let (Some(cap), Some(dispatch)) = (caller.max_tokens, caller.dispatch.as_deref()) else {
+            return;
+        };
+        let room = cap
+            .saturating_sub(self.ledger.dispatch_used(dispatch))
+            .saturating_sub(ask.input_estimate);
+        if room == 0 || ask.max_output.is_some_and(|m| m <= room) {
+            return;
+        }
+        ask.max_output = Some(room);
+        if let Some(obj) = ask.body.as_object_mut() {
+            let key = if obj.contains_key("max_completion_tokens") {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            obj.insert(key.into(), json!(room));
+        }
+    }
+
     /// Checks the budgets; on `degrade`, moves the call to the configured
     /// model (once). Returns the model that will serve and its reservation.
     fn admit<'a>(
@@ -213,6 +239,9 @@ impl Sidecar {
                     model = to;
                 }
                 _ => {
+                    if let Some(d) = &caller.dispatch {
+                        self.record_budget_stop(d, exceeded.to_string());
+                    }
                     let row = UsageRow {
                         at: now_ms(),
                         agent: caller.agent.clone(),

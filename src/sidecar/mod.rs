@@ -73,6 +73,9 @@ pub struct Sidecar {
     ledger: Arc<budget::Ledger>,
     usage: Writer,
     metrics: metrics::Metrics,
+    /// Dispatches a budget stopped, and which budget: the harness ends
+    /// them `budget_exceeded`.
+    stopped: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
@@ -155,6 +158,7 @@ impl Sidecar {
             ledger,
             usage,
             metrics: metrics::Metrics::new(),
+            stopped: Default::default(),
         });
         sidecar.update_remaining();
         Ok(sidecar)
@@ -224,6 +228,22 @@ impl Sidecar {
         self.ledger.set_agents(all);
         self.metrics.budget_remaining.clear();
         self.update_remaining();
+    }
+
+    /// Whether a budget refused a call of `dispatch` (its `max-tokens`, or
+    /// a budget that stops), and which; forgotten once asked.
+    pub fn take_budget_stop(&self, dispatch: &str) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(dispatch)
+    }
+
+    pub(crate) fn record_budget_stop(&self, dispatch: &str, why: String) {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dispatch.to_string(), why);
     }
 
     /// The Prometheus text of the sidecar's metrics.

@@ -383,3 +383,58 @@ fn post_plain(d: &crate::daemon::Daemon, path: &str) -> (u16, Value) {
         (status, r.json::<Value>().await.unwrap_or(Value::Null))
     })
 }
+
+#[test]
+fn max_tokens_caps_a_dispatch_and_ends_it_budget_exceeded_with_its_partial_reply() {
+    use crate::upstream::{Behavior, Upstream};
+    let up = Upstream::start();
+    up.set_default(Behavior::reply("a partial answer").with_tokens(10, 100));
+    up.record(true);
+    let env = repo();
+    std::fs::write(
+        env.ws(".cairn/sidecar.toml"),
+        crate::sidecar::config(&up, ""),
+    )
+    .unwrap();
+    let ask = crate::component::rust_guest("ask");
+    crate::daemon::agent(
+        &env,
+        "asker",
+        &format!(
+            "[guests.main]\nimage = \"{}\"\nmodel = \"small\"\n",
+            ask.display()
+        ),
+    );
+    let jobs = env.ws(".cairn/agents/asker/jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(
+        jobs.join("capped.md"),
+        // Once a year: it runs here by hand.
+        "---\nschedule: \"0 0 1 1 *\"\nmax-tokens: 300\n---\nREPEAT 6 Say hello.\n",
+    )
+    .unwrap();
+    std::fs::write(env.ws("notes.txt"), "before\n").unwrap();
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let (status, _, v) = d.post("/jobs/capped/run", Some(&d.admin), "");
+    assert_eq!(status, 202, "{v}");
+    let id = v["dispatch"].as_str().unwrap();
+    let task = d.wait_task("asker", id);
+    assert_eq!(task["status"]["state"], "TASK_STATE_FAILED", "{task}");
+    let (_, one) = d.get(&format!("/dispatches/{id}"), Some(&d.observe));
+    assert_eq!(one["status"], "budget_exceeded", "{one}");
+    let detail = one["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("tokens_per_dispatch"), "{one}");
+    // Calls went on until the cap, each asking for no more than was left.
+    let sent = up.requests();
+    assert!((2..6).contains(&sent.len()), "{} calls", sent.len());
+    let asked: Vec<u64> = sent
+        .iter()
+        .map(|r| r.body["max_tokens"].as_u64().unwrap())
+        .collect();
+    assert!(asked.windows(2).all(|w| w[1] < w[0]), "{asked:?}");
+    assert!(asked[0] <= 300, "{asked:?}");
+    // The reply so far (here the guest's report of the refusal) is kept.
+    let reply = one["reply"].as_str().unwrap_or_default();
+    assert!(reply.contains("budget_exceeded"), "{one}");
+}
