@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, oneshot};
 
+use super::consensus;
 use super::events::{Event, Events};
 use super::metrics::Metrics;
 use crate::a2a::client::{Peer, send as send_to_peer};
@@ -103,6 +104,25 @@ pub struct Request {
 
 /// The metadata key that carries a prompt file's guest to the dispatch.
 const GUEST_KEY: &str = "cairn.guest";
+/// The metadata key of a prompt file's consensus: `[{"guest", "model"}]`.
+pub const CONSENSUS_KEY: &str = "cairn.consensus";
+
+/// The consensus a dispatch asks for: guest patterns and models.
+fn consensus_voters(dispatch: &Dispatch) -> Vec<(String, Option<String>)> {
+    dispatch
+        .metadata
+        .get(CONSENSUS_KEY)
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|v| {
+                    let guest = v["guest"].as_str()?.to_string();
+                    Some((guest, v["model"].as_str().map(str::to_string)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// A rollback asked of the daemon (`POST /admin/rollback`): the
 /// repository's worker runs it between dispatches.
@@ -880,6 +900,165 @@ impl Harness {
         (timeline, Some(state))
     }
 
+    /// A consensus run: every (guest, model) pair the patterns match runs
+    /// the dispatch in parallel; then the majority of yes/no answers, or
+    /// the default guest (`entry`) merging them. Voters that fail are left
+    /// out; all failing fails the dispatch.
+    async fn consensus(
+        &self,
+        agent: &Agent,
+        entry: &agent_config::GuestEntry,
+        voters: &[(String, Option<String>)],
+        dispatch: &Dispatch,
+        workspace: &Path,
+        marks: &Arc<Marks>,
+    ) -> Result<String, (String, String)> {
+        let mut pairs = Vec::new();
+        for (pattern, model) in voters {
+            for name in agent.config.guests.keys() {
+                if crate::schedule::defs::glob(pattern, name) {
+                    pairs.push((name.clone(), model.clone()));
+                }
+            }
+        }
+        if pairs.is_empty() {
+            let patterns: Vec<&str> = voters.iter().map(|(p, _)| p.as_str()).collect();
+            return Err((
+                format!("consensus: no guest matches {}", patterns.join(", ")),
+                String::new(),
+            ));
+        }
+        let runs = pairs.iter().map(|(name, model)| async move {
+            let (e, m) = agent
+                .config
+                .route(&dispatch.kind, Some(name), model.as_deref())
+                .map_err(|why| (why, String::new()))?;
+            let prepared = agent
+                .guests
+                .get(&e.name)
+                .ok_or_else(|| (format!("guest {} is not prepared", e.name), String::new()))?;
+            let mut d = dispatch.clone();
+            d.model = m.clone();
+            self.invoke_one(agent, e, prepared, d, workspace, marks)
+                .await
+                .map(|reply| consensus::Answer {
+                    guest: name.clone(),
+                    model: m,
+                    reply,
+                })
+        });
+        let results = futures_util::future::join_all(runs).await;
+        let mut answers = Vec::new();
+        let mut failures = Vec::new();
+        for ((name, _), r) in pairs.iter().zip(results) {
+            match r {
+                Ok(a) => answers.push(a),
+                Err((why, _)) => failures.push(format!("{name}: {why}")),
+            }
+        }
+        for f in &failures {
+            tracing::warn!(dispatch = %dispatch.id, "consensus voter failed: {f}");
+        }
+        if answers.is_empty() {
+            return Err((
+                format!("consensus: every guest failed: {}", failures.join("; ")),
+                String::new(),
+            ));
+        }
+        match consensus::aggregate(&answers, &entry.name) {
+            consensus::Outcome::Vote { reply, yes, no } => {
+                tracing::info!(dispatch = %dispatch.id, "consensus: {yes} yes, {no} no");
+                Ok(reply)
+            }
+            consensus::Outcome::Synthesize => {
+                let prepared = agent.guests.get(&entry.name).ok_or_else(|| {
+                    (
+                        format!("guest {} is not prepared", entry.name),
+                        String::new(),
+                    )
+                })?;
+                let mut d = dispatch.clone();
+                d.prompt = consensus::synthesis_prompt(&dispatch.prompt, &answers);
+                self.invoke_one(agent, entry, prepared, d, workspace, marks)
+                    .await
+            }
+        }
+    }
+
+    /// One guest's run of `dispatch`: its reply, or why it failed and what
+    /// it had said.
+    async fn invoke_one(
+        &self,
+        agent: &Agent,
+        entry: &agent_config::GuestEntry,
+        prepared: &Prepared,
+        dispatch: Dispatch,
+        workspace: &Path,
+        marks: &Arc<Marks>,
+    ) -> Result<String, (String, String)> {
+        match prepared {
+            Prepared::Local(guest) => {
+                let outbound = Arc::new(invoke::outbound(
+                    Some(&self.sidecar),
+                    &agent.config.name,
+                    &dispatch,
+                    marks.clone(),
+                    entry.allow_hosts.clone(),
+                    format!(
+                        "allow_hosts of [guests.{}] in .cairn/agents/{}/agent.toml",
+                        entry.name, agent.config.name
+                    ),
+                ));
+                let limits = Limits {
+                    deadline: entry.timeout,
+                    memory_bytes: (entry.memory_mib as usize) << 20,
+                    stdout_bytes: self.limits.stdout_bytes,
+                    stderr_bytes: self.limits.stderr_bytes,
+                };
+                let mut extra = Extra::default();
+                extra
+                    .mounts
+                    .push((agent.config.memory.clone(), "/memory".into(), true));
+                extra.env.push(("CAIRN_MEMORY".into(), "/memory".into()));
+                extra
+                    .mounts
+                    .push((agent.mount.clone(), "/agent".into(), false));
+                if agent.config.instructions.is_some() {
+                    extra
+                        .env
+                        .push(("CAIRN_INSTRUCTIONS".into(), "/agent/instructions.md".into()));
+                }
+                let outcome = invoke::dispatch_with(
+                    &self.sandbox,
+                    guest,
+                    dispatch.clone(),
+                    workspace,
+                    limits,
+                    outbound,
+                    extra,
+                )
+                .await;
+                match outcome {
+                    Ok(o) => match o.result {
+                        Ok(()) => Ok(o.reply.text),
+                        Err(f) => Err((f.to_string(), o.reply.text)),
+                    },
+                    Err(e) => Err((format!("{e:#}"), String::new())),
+                }
+            }
+            Prepared::Peer(peer) => send_to_peer(
+                &self.client,
+                peer,
+                &dispatch.prompt,
+                Some(&dispatch.session),
+                &dispatch.id,
+            )
+            .await
+            .map(|r| r.text)
+            .map_err(|e| (e.to_string(), String::new())),
+        }
+    }
+
     /// The dispatch between its first and last boundary: (state, reply,
     /// detail, the timeline back).
     #[allow(clippy::too_many_arguments)]
@@ -926,68 +1105,15 @@ impl Harness {
         });
         let marks = Marks::with_hook(timeline, active, Some(hook));
 
+        let voters = consensus_voters(&dispatch);
         let run = async {
-            match prepared {
-                Prepared::Local(guest) => {
-                    let outbound = Arc::new(invoke::outbound(
-                        Some(&self.sidecar),
-                        &agent.config.name,
-                        &dispatch,
-                        marks.clone(),
-                        entry.allow_hosts.clone(),
-                        format!(
-                            "allow_hosts of [guests.{}] in .cairn/agents/{}/agent.toml",
-                            entry.name, agent.config.name
-                        ),
-                    ));
-                    let limits = Limits {
-                        deadline: entry.timeout,
-                        memory_bytes: (entry.memory_mib as usize) << 20,
-                        stdout_bytes: self.limits.stdout_bytes,
-                        stderr_bytes: self.limits.stderr_bytes,
-                    };
-                    let mut extra = Extra::default();
-                    extra
-                        .mounts
-                        .push((agent.config.memory.clone(), "/memory".into(), true));
-                    extra.env.push(("CAIRN_MEMORY".into(), "/memory".into()));
-                    extra
-                        .mounts
-                        .push((agent.mount.clone(), "/agent".into(), false));
-                    if agent.config.instructions.is_some() {
-                        extra
-                            .env
-                            .push(("CAIRN_INSTRUCTIONS".into(), "/agent/instructions.md".into()));
-                    }
-                    let outcome = invoke::dispatch_with(
-                        &self.sandbox,
-                        guest,
-                        dispatch.clone(),
-                        workspace,
-                        limits,
-                        outbound,
-                        extra,
-                    )
+            if voters.is_empty() {
+                return self
+                    .invoke_one(agent, entry, prepared, dispatch.clone(), workspace, &marks)
                     .await;
-                    match outcome {
-                        Ok(o) => match o.result {
-                            Ok(()) => Ok(o.reply.text),
-                            Err(f) => Err((f.to_string(), o.reply.text)),
-                        },
-                        Err(e) => Err((format!("{e:#}"), String::new())),
-                    }
-                }
-                Prepared::Peer(peer) => send_to_peer(
-                    &self.client,
-                    peer,
-                    &dispatch.prompt,
-                    Some(&dispatch.session),
-                    &dispatch.id,
-                )
-                .await
-                .map(|r| r.text)
-                .map_err(|e| (e.to_string(), String::new())),
             }
+            self.consensus(agent, entry, &voters, &dispatch, workspace, &marks)
+                .await
         };
         // The agents' definitions are not the guests' to change: a
         // dispatch in the repository that edits `.cairn/` (memory aside)

@@ -23,6 +23,7 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::sidecar::{Config, Sidecar};
 
 pub mod api;
+pub mod consensus;
 pub mod events;
 pub mod harness;
 pub mod metrics;

@@ -18,7 +18,7 @@ pub mod frontmatter;
 pub mod timers;
 pub mod webhook;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,9 +94,7 @@ struct State {
     agents: BTreeMap<String, AgentItems>,
     /// Dispatches the scheduler started: id → (agent, item key).
     running: HashMap<String, (String, String)>,
-    /// Fan-in progress: (agent, continuation, session) → (first seen,
-    /// indexes of the patterns met).
-    fanin: HashMap<(String, String, String), (i64, BTreeSet<usize>)>,
+    fanin: timers::FanIn,
     jobs_running: usize,
     fires: usize,
 }
@@ -365,6 +363,19 @@ impl Scheduler {
 
     /// Submits a fire to the harness; a refusal ends it at once.
     fn submit(&self, f: Fire) {
+        let mut metadata = f.metadata;
+        if !f.common.consensus.is_empty() {
+            let voters: Vec<Value> = f
+                .common
+                .consensus
+                .iter()
+                .map(|v| json!({ "guest": v.guest, "model": v.model }))
+                .collect();
+            metadata.insert(
+                crate::daemon::harness::CONSENSUS_KEY.into(),
+                Value::Array(voters),
+            );
+        }
         let request = Request {
             agent: f.agent.clone(),
             kind: match f.key.parse::<Kind>() {
@@ -377,7 +388,7 @@ impl Scheduler {
             prompt: f.prompt,
             session: f.common.session.clone().or(f.session),
             message_id: None,
-            metadata: f.metadata,
+            metadata,
             guest: f.common.guest.clone(),
             model: f.common.model.clone(),
             max_tokens: f.common.max_tokens,
@@ -533,20 +544,12 @@ impl Scheduler {
                 {
                     continue;
                 }
-                if c.after.len() > 1 {
-                    let key = (row.agent.clone(), name.clone(), row.context.clone());
-                    let entry = st
-                        .fanin
-                        .entry(key.clone())
-                        .or_insert((now, BTreeSet::new()));
-                    if now - entry.0 > c.ttl.as_millis() as i64 {
-                        *entry = (now, BTreeSet::new());
-                    }
-                    entry.1.extend(met);
-                    if entry.1.len() < c.after.len() {
-                        continue;
-                    }
-                    st.fanin.remove(&key);
+                let fan = (row.agent.clone(), name.clone(), row.context.clone());
+                if !st
+                    .fanin
+                    .met(fan, &met, c.after.len(), now, c.ttl.as_millis() as i64)
+                {
+                    continue;
                 }
                 let key = format!("continuation:{name}");
                 let item = items.items.entry(key.clone()).or_default();

@@ -316,6 +316,45 @@ impl Timer {
     }
 }
 
+/// Fan-in progress of continuations with several patterns: which were met
+/// in a session, since when. Partial progress older than the
+/// continuation's TTL starts over.
+#[derive(Default)]
+pub struct FanIn {
+    /// (agent, continuation, session) → (first met, indexes met).
+    partial: std::collections::HashMap<
+        (String, String, String),
+        (i64, std::collections::BTreeSet<usize>),
+    >,
+}
+
+impl FanIn {
+    /// Records that patterns `met` (indexes among `total`) were met at
+    /// `now`; true when all are met, and the progress is cleared.
+    pub fn met(
+        &mut self,
+        key: (String, String, String),
+        met: &[usize],
+        total: usize,
+        now: i64,
+        ttl_ms: i64,
+    ) -> bool {
+        if total <= 1 {
+            return !met.is_empty();
+        }
+        let entry = self.partial.entry(key.clone()).or_default();
+        if entry.1.is_empty() || now - entry.0 > ttl_ms {
+            *entry = (now, Default::default());
+        }
+        entry.1.extend(met);
+        if entry.1.len() < total {
+            return false;
+        }
+        self.partial.remove(&key);
+        true
+    }
+}
+
 /// Whether `reply` contains `phrase`, ignoring case.
 pub fn contains(reply: &str, phrase: &str) -> bool {
     reply.to_lowercase().contains(&phrase.to_lowercase())
@@ -457,6 +496,28 @@ mod tests {
             }
         );
         assert_eq!(once.next(), Some(ms("2026-05-01T16:00:00Z")));
+    }
+
+    #[test]
+    fn fan_in_fires_when_all_patterns_met_in_one_session_within_the_ttl() {
+        let key = |s: &str| ("a".to_string(), "c".to_string(), s.to_string());
+        let mut f = FanIn::default();
+        let hour = 3_600_000;
+        // Two patterns: the first, then the second in another session: no.
+        assert!(!f.met(key("s1"), &[0], 2, 0, hour));
+        assert!(!f.met(key("s2"), &[1], 2, 10, hour));
+        // The second in the same session: yes, and it starts over.
+        assert!(f.met(key("s1"), &[1], 2, 20, hour));
+        assert!(!f.met(key("s1"), &[1], 2, 30, hour));
+        // The partial state expires after the TTL.
+        assert!(!f.met(key("s3"), &[0], 2, 0, hour));
+        assert!(!f.met(key("s3"), &[1], 2, 2 * hour, hour));
+        assert!(f.met(key("s3"), &[0], 2, 2 * hour + 1, hour));
+        // Repeats of one pattern do not count twice.
+        assert!(!f.met(key("s4"), &[0], 3, 0, hour));
+        assert!(!f.met(key("s4"), &[0], 3, 1, hour));
+        assert!(!f.met(key("s4"), &[1], 3, 2, hour));
+        assert!(f.met(key("s4"), &[2], 3, 3, hour));
     }
 
     #[test]

@@ -438,3 +438,82 @@ fn max_tokens_caps_a_dispatch_and_ends_it_budget_exceeded_with_its_partial_reply
     let reply = one["reply"].as_str().unwrap_or_default();
     assert!(reply.contains("budget_exceeded"), "{one}");
 }
+
+/// An agent `panel` with three guests running `guest` (image path), g1
+/// the default, and a job `vote` asking all three.
+fn panel(env: &crate::Env, image: &std::path::Path, consensus: &str, prompt: &str) {
+    let guests: String = ["g1", "g2", "g3"]
+        .iter()
+        .map(|g| {
+            format!(
+                "[guests.{g}]\nimage = \"{}\"\nmodel = \"small\"\n",
+                image.display()
+            )
+        })
+        .collect();
+    agent(
+        env,
+        "panel",
+        &format!("{guests}[routing]\ndefault = \"g1\"\n"),
+    );
+    let jobs = env.ws(".cairn/agents/panel/jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(
+        jobs.join("vote.md"),
+        format!("---\nschedule: \"0 0 1 1 *\"\nconsensus:\n{consensus}---\n{prompt}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn consensus_of_three_guests_takes_the_majority_or_merges_free_answers() {
+    use crate::upstream::{Behavior, Upstream};
+    let up = Upstream::start();
+    up.script([
+        Behavior::reply("yes"),
+        Behavior::reply("No, it breaks."),
+        Behavior::reply("Yes."),
+    ]);
+    let env = repo();
+    std::fs::write(
+        env.ws(".cairn/sidecar.toml"),
+        crate::sidecar::config(&up, ""),
+    )
+    .unwrap();
+    let ask = crate::component::rust_guest("ask");
+    panel(&env, &ask, "  - guest: \"g*\"\n", "Should we ship?");
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let (status, _, v) = d.post("/jobs/vote/run", Some(&d.admin), "");
+    assert_eq!(status, 202, "{v}");
+    let task = d.wait_task("panel", v["dispatch"].as_str().unwrap());
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{task}");
+    // Three guests asked; two said yes.
+    assert_eq!(up.hits(), 3);
+    let reply = crate::daemon::artifact_text(&task);
+    assert!(reply.to_lowercase().starts_with("yes"), "{reply}");
+    drop(d);
+
+    // Free-form answers: the default guest merges them (echo guests: its
+    // reply is the synthesis prompt it was given).
+    let env = repo();
+    panel(
+        &env,
+        std::path::Path::new("echo"),
+        "  - guest: \"g*\"\n",
+        "Describe the repository.",
+    );
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let (_, _, v) = d.post("/jobs/vote/run", Some(&d.admin), "");
+    let task = d.wait_task("panel", v["dispatch"].as_str().unwrap());
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{task}");
+    let reply = crate::daemon::artifact_text(&task);
+    for g in ["g1", "g2", "g3"] {
+        assert!(
+            reply.contains(&format!("(guest {g}, model small)")),
+            "{reply}"
+        );
+    }
+    assert!(reply.contains("Merge their answers"), "{reply}");
+}
