@@ -42,6 +42,8 @@ const CHAIN: &str = "cairn.chain";
 const MAX_CHAIN: usize = 16;
 /// How much of a reply a webhook's `reply_preview` carries.
 const PREVIEW: usize = 2048;
+/// How far a trigger's `X-Cairn-Timestamp` may be from now.
+const STALE_SECS: i64 = 300;
 
 /// Caps over all agents.
 #[derive(Clone, Debug)]
@@ -101,6 +103,8 @@ struct State {
 
 pub struct Scheduler {
     harness: Arc<Harness>,
+    /// Trigger deliveries received in the last day, to refuse repeats.
+    seen: Mutex<Seen>,
     state: Mutex<State>,
     wake: Notify,
     deliveries_wake: Notify,
@@ -110,6 +114,37 @@ pub struct Scheduler {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Delivery ids of trigger requests, kept a day (at most 100,000).
+#[derive(Default)]
+struct Seen {
+    at: HashMap<String, i64>,
+    order: std::collections::VecDeque<(i64, String)>,
+}
+
+impl Seen {
+    /// False when `id` was seen within the day.
+    fn insert(&mut self, id: String, now: i64) -> bool {
+        while let Some((t, _)) = self.order.front() {
+            if now - t < 86_400_000 && self.order.len() < 100_000 {
+                break;
+            }
+            if let Some((_, old)) = self.order.pop_front() {
+                self.at.remove(&old);
+            }
+        }
+        if self.at.contains_key(&id) {
+            return false;
+        }
+        self.at.insert(id.clone(), now);
+        self.order.push_back((now, id));
+        true
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.at.remove(id);
+    }
 }
 
 /// What fires, collected under the lock and submitted after.
@@ -142,6 +177,7 @@ impl Scheduler {
         Arc::new(Scheduler {
             guard: webhook::Guard::new(&limits.webhook_allow),
             harness,
+            seen: Mutex::new(Seen::default()),
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             deliveries_wake: Notify::new(),
@@ -874,8 +910,33 @@ impl Scheduler {
             .secret_env
             .as_ref()
             .and_then(|v| std::env::var(v).ok());
+        // With `X-Cairn-Timestamp` (seconds), the signature covers
+        // `<timestamp>.<body>` and a request older (or newer) than
+        // `STALE` is refused: a captured request cannot be replayed later.
+        let stamp = headers
+            .get("x-cairn-timestamp")
+            .and_then(|v| v.to_str().ok());
+        let signed_bytes: std::borrow::Cow<[u8]> = match stamp {
+            Some(ts) => {
+                let fresh = ts
+                    .parse::<i64>()
+                    .is_ok_and(|t| (now_ms() / 1000 - t).abs() <= STALE_SECS);
+                if !fresh {
+                    return Err(refusal(
+                        401,
+                        format!(
+                            "X-Cairn-Timestamp `{ts}` is not within {STALE_SECS} s of now: a stale or replayed request"
+                        ),
+                    ));
+                }
+                let mut b = format!("{ts}.").into_bytes();
+                b.extend_from_slice(body);
+                b.into()
+            }
+            None => body.into(),
+        };
         let signed = match (&secret, signature) {
-            (Some(s), Some(sig)) => webhook::verify(s.as_bytes(), body, sig),
+            (Some(s), Some(sig)) => webhook::verify(s.as_bytes(), &signed_bytes, sig),
             _ => false,
         };
         if !signed && bearer_ok != Some(true) {
@@ -902,6 +963,16 @@ impl Scheduler {
         if busy {
             return Err(refusal(409, format!("trigger {endpoint} is still running")));
         }
+        // A delivery id seen before (senders retry) is not run twice.
+        let delivery = ["x-github-delivery", "x-cairn-delivery", "x-request-id"]
+            .iter()
+            .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+            .map(|id| format!("{endpoint}:{id}"));
+        if let Some(id) = &delivery
+            && !lock(&self.seen).insert(id.clone(), now_ms())
+        {
+            return Err(refusal(409, format!("delivery {id} was already received")));
+        }
         let mut passed = String::new();
         for h in &trigger.headers {
             if let Some(v) = headers.get(h.as_str()).and_then(|v| v.to_str().ok()) {
@@ -924,10 +995,16 @@ impl Scheduler {
             model: trigger.common.model.clone(),
             max_tokens: trigger.common.max_tokens,
         };
-        let row = self.harness.submit(request).map_err(|r| Refusal {
-            status: 503,
-            message: r.to_string(),
-            retry_after: Some(2),
+        let row = self.harness.submit(request).map_err(|r| {
+            // Not run: the sender may try the same delivery again.
+            if let Some(id) = &delivery {
+                lock(&self.seen).forget(id);
+            }
+            Refusal {
+                status: 503,
+                message: r.to_string(),
+                retry_after: Some(2),
+            }
         })?;
         let mut st = lock(&self.state);
         st.running

@@ -150,6 +150,35 @@ fn a_signed_trigger_fires_a_continuation_and_a_signed_webhook() {
         404
     );
 
+    // A stale timestamp is refused, signature or not.
+    let stale = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 600)
+        .to_string();
+    let stamped = |ts: &str, delivery: &str| {
+        let mut signed = format!("{ts}.").into_bytes();
+        signed.extend_from_slice(body);
+        d.rt.block_on(async {
+            let r = d
+                .client
+                .post(format!("{}/triggers/deploy", d.url))
+                .header("x-cairn-timestamp", ts)
+                .header("x-github-delivery", delivery)
+                .header("x-hub-signature-256", sign(TRIGGER_SECRET, &signed))
+                .body(body.to_vec())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    let (status, v) = stamped(&stale, "d-0");
+    assert_eq!(status, 401, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("stale"), "{v}");
+
     // Signed: accepted, 202 with the dispatch.
     let (status, v) = post(Some(sign(TRIGGER_SECRET, body)), None, "/triggers/deploy");
     assert_eq!(status, 202, "{v}");
@@ -202,6 +231,19 @@ fn a_signed_trigger_fires_a_continuation_and_a_signed_webhook() {
         assert!(Instant::now() < deadline, "{v}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A fresh timestamped request runs once; the same delivery again is
+    // refused.
+    let now = (stale.parse::<u64>().unwrap() + 600).to_string();
+    let (status, v) = stamped(&now, "d-1");
+    assert_eq!(status, 202, "{v}");
+    d.wait_task("echo", v["dispatch"].as_str().unwrap());
+    let (status, v) = stamped(&now, "d-1");
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("already received"),
+        "{v}"
+    );
+
     let (status, v) = d.get("/.well-known/agent-triggers.json", None);
     assert_eq!(status, 200);
     assert_eq!(v[0]["name"], "deploy", "{v}");
