@@ -559,3 +559,117 @@ fn consensus_of_three_guests_takes_the_majority_or_merges_free_answers() {
     }
     assert!(reply.contains("Merge their answers"), "{reply}");
 }
+
+#[test]
+fn a_continuation_chain_that_comes_back_to_itself_is_stopped_and_reported() {
+    let env = repo();
+    let dir = env.ws(".cairn/agents/echo");
+    std::fs::create_dir_all(dir.join("continuations")).unwrap();
+    std::fs::create_dir_all(dir.join("jobs")).unwrap();
+    // pong-kick (a job run once at start) → ping → pong → ping: stopped
+    // there. (`*pong*` matches the job and pong, not ping itself.)
+    std::fs::write(dir.join("jobs/pong-kick.md"), "Start.\n").unwrap();
+    std::fs::write(
+        dir.join("continuations/ping.md"),
+        "---\ncontinues-after: \"*pong*\"\n---\nPing.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("continuations/pong.md"),
+        "---\ncontinues-after: continuation:ping\n---\nPong.\n",
+    )
+    .unwrap();
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ping = loop {
+        let (_, v) = d.get("/continuations", Some(&d.observe));
+        let list = v["continuations"].as_array().cloned().unwrap_or_default();
+        let ping = list
+            .iter()
+            .find(|c| c["name"] == "ping")
+            .cloned()
+            .unwrap_or(Value::Null);
+        if ping["skipped"] == 1 {
+            break ping;
+        }
+        assert!(Instant::now() < deadline, "the loop was never stopped: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ping["fired"], 1, "{ping}");
+    let why = ping["last"]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("continuation loop stopped"), "{ping}");
+    assert!(why.contains("ping → pong"), "{ping}");
+    // Nothing else runs afterwards: job, ping, pong, and no more.
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, v) = d.get("/dispatches", Some(&d.observe));
+    let mut kinds: Vec<&str> = v["dispatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["kind"].as_str())
+        .filter(|k| *k != "outside")
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["continuation:ping", "continuation:pong", "job:pong-kick"]
+    );
+}
+
+#[test]
+fn pending_webhook_deliveries_survive_a_kill_9_and_are_delivered_after_restart() {
+    let env = repo();
+    // A port nothing listens on yet.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = env.ws(".cairn/agents/echo/webhooks");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("notify.md"),
+        format!("---\nurl: http://127.0.0.1:{port}/hook\nnotify-when: always\nretries: 20\n---\n"),
+    )
+    .unwrap();
+    let allow = format!("127.0.0.1:{port}");
+    let d = start(&env, &["--webhook-allow-host", &allow]);
+    d.wait_ready();
+    let v = d.rpc("echo", &crate::daemon::send_v1("notify me", true));
+    assert_eq!(
+        v["result"]["task"]["status"]["state"],
+        "TASK_STATE_COMPLETED"
+    );
+    // Tried and failed at least once, still pending.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = d.get("/webhooks", Some(&d.observe));
+        let last = &v["webhooks"][0]["deliveries"][0];
+        if last["attempts"].as_u64().unwrap_or(0) >= 1 {
+            assert_eq!(last["state"], "pending", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never attempted: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.kill9();
+
+    // The receiver comes up, then cairn again: the delivery goes out.
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+    });
+    let d = start(&env, &["--webhook-allow-host", &allow]);
+    d.wait_ready();
+    let request = rx
+        .recv_timeout(Duration::from_secs(90))
+        .expect("the delivery was lost with the restart");
+    assert!(request.starts_with("POST /hook"), "{request}");
+    assert!(request.contains("notify me"), "{request}");
+}
