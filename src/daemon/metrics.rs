@@ -24,6 +24,23 @@ pub struct Outcome {
     pub result: String,
 }
 
+/// A scheduled item's event: `kind` is its class (`job`, `task`,
+/// `heartbeat`, `trigger`, `continuation`), not its name, to keep the
+/// series few with many items.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Scheduled {
+    pub agent: String,
+    pub kind: String,
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Delivered {
+    pub agent: String,
+    pub webhook: String,
+    pub result: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub dispatches: Family<Ended, Counter>,
@@ -33,6 +50,8 @@ pub struct Metrics {
     pub reloads: Family<Outcome, Counter>,
     pub healthy: Family<AgentLabel, Gauge>,
     pub requests_unauthorized: Counter,
+    pub scheduled: Family<Scheduled, Counter>,
+    pub deliveries: Family<Delivered, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,8 +99,22 @@ impl Default for Metrics {
             "Requests refused for a missing or wrong token",
             requests_unauthorized.clone(),
         );
+        let scheduled = Family::<Scheduled, Counter>::default();
+        registry.register(
+            "scheduled",
+            "Scheduler items fired or skipped (still running, at a cap, missed while down, loop stopped)",
+            scheduled.clone(),
+        );
+        let deliveries = Family::<Delivered, Counter>::default();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts: delivered, retried or failed",
+            deliveries.clone(),
+        );
         Metrics {
             registry,
+            scheduled,
+            deliveries,
             dispatches,
             queue_depth,
             running,
@@ -99,6 +132,29 @@ impl Metrics {
             .get_or_create(&Ended {
                 agent: agent.into(),
                 state: state.into(),
+            })
+            .inc();
+    }
+
+    /// `key` is the item's dispatch kind (`job:nightly`); `event` is
+    /// `fired` or `skipped`.
+    pub fn scheduled(&self, agent: &str, key: &str, event: &str) {
+        let kind = key.split(':').next().unwrap_or(key);
+        self.scheduled
+            .get_or_create(&Scheduled {
+                agent: agent.into(),
+                kind: kind.into(),
+                event: event.into(),
+            })
+            .inc();
+    }
+
+    pub fn delivery(&self, agent: &str, webhook: &str, result: &str) {
+        self.deliveries
+            .get_or_create(&Delivered {
+                agent: agent.into(),
+                webhook: webhook.into(),
+                result: result.into(),
             })
             .inc();
     }

@@ -365,6 +365,7 @@ impl Scheduler {
                             {
                                 timer.release();
                                 item.skipped += 1;
+                                self.harness.metrics.scheduled(agent, key, "skipped");
                                 tracing::warn!(agent = %agent, "{key}: skipped: {jobs} jobs are running (the cap)");
                             }
                             Due::Fire { scheduled, session } => {
@@ -384,6 +385,7 @@ impl Scheduler {
                             }
                             Due::Skip { scheduled, why } => {
                                 item.skipped += 1;
+                                self.harness.metrics.scheduled(agent, key, "skipped");
                                 tracing::info!(agent = %agent, "{key}: the fire for {} skipped: {why}", crate::a2a::wire::iso8601_ms(scheduled));
                             }
                         }
@@ -443,6 +445,7 @@ impl Scheduler {
                 let reserved = f.key.starts_with("continuation:");
                 if let Some(item) = item_mut(st, &f.agent, &f.key) {
                     item.fired += 1;
+                    self.harness.metrics.scheduled(&f.agent, &f.key, "fired");
                     if !reserved {
                         item.in_flight += 1;
                     }
@@ -591,6 +594,7 @@ impl Scheduler {
                 let item = items.items.entry(key.clone()).or_default();
                 if chain.iter().any(|n| n == name) || chain.len() >= MAX_CHAIN {
                     item.skipped += 1;
+                    self.harness.metrics.scheduled(&row.agent, &key, "skipped");
                     let why = format!(
                         "continuation loop stopped: {} → {key} would run again (chain: {})",
                         row.kind,
@@ -607,6 +611,7 @@ impl Scheduler {
                 }
                 if item.in_flight >= c.max_concurrent || st.fires >= self.limits.max_fires {
                     item.skipped += 1;
+                    self.harness.metrics.scheduled(&row.agent, &key, "skipped");
                     tracing::warn!(agent = %row.agent, "{key}: skipped: at its cap of fires in flight");
                     continue;
                 }
@@ -809,6 +814,9 @@ impl Scheduler {
     async fn attempt(&self, d: &Delivery, hook: &defs::Webhook) {
         let attempts = d.attempts + 1;
         let fail = |why: String| {
+            self.harness
+                .metrics
+                .delivery(&d.agent, &d.webhook, "failed");
             tracing::warn!(agent = %d.agent, "webhook {}: delivery {} failed: {why}", d.webhook, d.id);
             let _ = self.harness.store().update_delivery(
                 &d.id,
@@ -848,6 +856,9 @@ impl Scheduler {
         };
         match webhook::deliver(&self.guard, &request, &d.id).await {
             webhook::Outcome::Delivered { status } => {
+                self.harness
+                    .metrics
+                    .delivery(&d.agent, &d.webhook, "delivered");
                 let detail = format!("HTTP {status}");
                 let _ = self.harness.store().update_delivery(
                     &d.id,
@@ -858,6 +869,9 @@ impl Scheduler {
                 );
             }
             webhook::Outcome::Retry { why, after } if attempts <= hook.retries => {
+                self.harness
+                    .metrics
+                    .delivery(&d.agent, &d.webhook, "retried");
                 let wait = webhook::backoff(attempts, after);
                 tracing::info!(agent = %d.agent, "webhook {}: delivery {} will be tried again in {wait:?}: {why}", d.webhook, d.id);
                 let _ = self.harness.store().update_delivery(
@@ -1011,6 +1025,7 @@ impl Scheduler {
             .insert(row.id.clone(), (agent.clone(), key.clone()));
         if let Some(item) = item_mut(&mut st, &agent, &key) {
             item.fired += 1;
+            self.harness.metrics.scheduled(&agent, &key, "fired");
             item.in_flight += 1;
             item.last =
                 Some(json!({ "dispatch": row.id, "state": "submitted", "at": row.created_at }));

@@ -248,6 +248,18 @@ fn a_signed_trigger_fires_a_continuation_and_a_signed_webhook() {
     assert_eq!(status, 200);
     assert_eq!(v[0]["name"], "deploy", "{v}");
     assert_eq!(d.get("/jobs", None).0, 401);
+    // And in the metrics.
+    let text = d.rt.block_on(async {
+        let r = d.client.get(&d.metrics).send().await.unwrap();
+        r.text().await.unwrap()
+    });
+    for series in [
+        r#"cairn_scheduled_total{agent="echo",kind="trigger",event="fired"} 2"#,
+        r#"cairn_scheduled_total{agent="echo",kind="continuation",event="fired"}"#,
+        r#"cairn_webhook_attempts_total{agent="echo",webhook="notify",result="delivered"}"#,
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
 }
 
 #[test]
