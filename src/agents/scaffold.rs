@@ -176,6 +176,13 @@ This directory defines the AI agents cairn runs on this repository.
   - `agent-card.md`: its name, description and skills, shown to other agents.
   - `instructions.md`: standing instructions for its guests.
   - `memory/`: the agent's own files, kept between dispatches.
+  - What it does on its own, each a markdown file (YAML frontmatter, then
+    the prompt): `HEARTBEAT.md` (a cron schedule), `jobs/*.md` (cron
+    schedules, or once), `tasks/*.md` (daily windows), `triggers/*.md`
+    (`POST /triggers/<endpoint>`, signed), `continuations/*.md` (after
+    other dispatches) and `webhooks/*.md` (notifications after
+    dispatches). cairn's `examples/scheduled-agent` has one of each;
+    `cairn validate` checks them.
 - `sidecar.toml`: the model providers, model aliases, prices and global
   budget; guests reach models only through the sidecar.
 

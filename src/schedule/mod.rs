@@ -206,14 +206,25 @@ impl Scheduler {
     /// change keeps its state. Returns the errors (`file:line: field: why`).
     pub fn reload(&self) -> Vec<String> {
         let agents = self.harness.agents();
+        // Files are read before the state is locked: triggers and dispatch
+        // ends go on meanwhile.
+        let read: Vec<(String, defs::Loaded)> = agents
+            .iter()
+            .map(|(name, agent)| {
+                let shown = format!(".cairn/agents/{name}");
+                (
+                    name.clone(),
+                    defs::load(&agent.config.dir, &shown, &self.guard),
+                )
+            })
+            .collect();
         let now = now_ms();
         let mut errors = Vec::new();
         let mut st = lock(&self.state);
         let mut endpoints: HashMap<String, String> = HashMap::new();
         let mut next = BTreeMap::new();
-        for (name, agent) in agents.iter() {
-            let shown = format!(".cairn/agents/{name}");
-            let loaded = defs::load(&agent.config.dir, &shown, &self.guard);
+        for (name, loaded) in read {
+            let name = &name;
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
