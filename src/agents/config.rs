@@ -68,9 +68,44 @@ pub struct AgentConfig {
     pub routing: BTreeMap<RouteKind, Route>,
     /// This agent's model budget, for the sidecar.
     pub budget: Option<Budget>,
+    /// What the host tool broker may run for it (`[tools]`); None: nothing.
+    pub tools: Option<Tools>,
     /// Changes whenever one of the agent's files does: equal fingerprints
     /// mean a reload would change nothing.
     pub fingerprint: String,
+}
+
+/// What commands run through the broker may touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ToolMode {
+    /// Nothing but a private temp dir is writable.
+    ReadOnly,
+    /// The workspace and a private temp dir are writable.
+    WorkspaceWrite,
+    /// No filesystem restriction (still no network unless allowed).
+    Full,
+}
+
+/// `[tools]` in agent.toml: the policy of the host tool broker.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Tools {
+    pub mode: ToolMode,
+    /// Programs allowed: a name found on PATH, or an absolute path prefix.
+    pub allow: Vec<String>,
+    pub timeout: Duration,
+    /// Bytes kept of a command's stdout and of its stderr.
+    pub output_cap: usize,
+    pub network: bool,
+    /// Run commands even where no confinement is available.
+    pub accept_unconfined: bool,
+    pub max_processes: u64,
+    /// Environment variable names passed to commands.
+    pub env: Vec<String>,
+    /// Commands run after a dispatch that changed files; a failure rolls
+    /// it back (or is fed back to the guest, `retry_on_fail` times).
+    pub validate: Vec<String>,
+    pub retry_on_fail: u32,
 }
 
 /// One skill from the card's `## Skills` section, as an A2A agent card lists it.
@@ -377,6 +412,7 @@ pub fn load_agent(repo: &Path, dir: &Path) -> Result<AgentConfig, ConfigError> {
         guests: parsed.guests,
         routing: parsed.routing,
         budget,
+        tools: parsed.tools,
         fingerprint,
     })
 }
@@ -639,6 +675,7 @@ struct Parsed {
     guests: BTreeMap<String, GuestEntry>,
     routing: BTreeMap<RouteKind, Route>,
     budget: Option<Budget>,
+    tools: Option<Tools>,
 }
 
 fn parse_agent_toml(doc: &Doc, dir: &Path) -> Result<Parsed, ConfigError> {
@@ -659,6 +696,7 @@ fn parse_agent_toml(doc: &Doc, dir: &Path) -> Result<Parsed, ConfigError> {
             "guests",
             "routing",
             "budget",
+            "tools",
         ],
     )?;
 
@@ -722,6 +760,10 @@ fn parse_agent_toml(doc: &Doc, dir: &Path) -> Result<Parsed, ConfigError> {
         Some((_, v)) => Some(parse_budget(doc, v)?),
         None => None,
     };
+    let tools = match get(root, "tools") {
+        Some((_, v)) => Some(parse_tools(doc, v)?),
+        None => None,
+    };
 
     Ok(Parsed {
         description,
@@ -730,6 +772,7 @@ fn parse_agent_toml(doc: &Doc, dir: &Path) -> Result<Parsed, ConfigError> {
         guests,
         routing,
         budget,
+        tools,
     })
 }
 
@@ -1038,6 +1081,129 @@ fn parse_routing(
     Ok(routing)
 }
 
+/// A list of strings at `field`.
+fn strings(doc: &Doc, v: &Value, field: &str) -> Result<Vec<String>, ConfigError> {
+    let DeValue::Array(items) = v.get_ref() else {
+        return Err(doc.fail(
+            &v.span(),
+            field,
+            format!(
+                "must be an array of strings, got {}",
+                shown_value(v.get_ref())
+            ),
+        ));
+    };
+    items
+        .iter()
+        .map(|item| string(doc, item, field).map(str::to_string))
+        .collect()
+}
+
+fn boolean(doc: &Doc, v: &Value, field: &str) -> Result<bool, ConfigError> {
+    match v.get_ref() {
+        DeValue::Boolean(b) => Ok(*b),
+        other => Err(doc.fail(
+            &v.span(),
+            field,
+            format!("must be true or false, got {}", shown_value(other)),
+        )),
+    }
+}
+
+fn parse_tools(doc: &Doc, value: &Value) -> Result<Tools, ConfigError> {
+    let t = table(doc, value, "tools")?;
+    only_keys(
+        doc,
+        t,
+        "tools",
+        &[
+            "mode",
+            "allow",
+            "timeout_secs",
+            "output_kib",
+            "network",
+            "accept_unconfined",
+            "max_processes",
+            "env",
+            "validate",
+            "retry_on_fail",
+        ],
+    )?;
+    let mode = match get(t, "mode") {
+        None => ToolMode::WorkspaceWrite,
+        Some((_, v)) => match string(doc, v, "tools.mode") {
+            Ok("read-only") => ToolMode::ReadOnly,
+            Ok("workspace-write") => ToolMode::WorkspaceWrite,
+            Ok("full") => ToolMode::Full,
+            _ => {
+                return Err(doc.fail(
+                    &v.span(),
+                    "tools.mode",
+                    format!(
+                        "must be \"read-only\", \"workspace-write\" or \"full\", got {}",
+                        shown_value(v.get_ref())
+                    ),
+                ));
+            }
+        },
+    };
+    let mut allow = Vec::new();
+    if let Some((_, v)) = get(t, "allow") {
+        let DeValue::Array(items) = v.get_ref() else {
+            return Err(doc.fail(
+                &v.span(),
+                "tools.allow",
+                format!(
+                    "must be an array of program names or absolute path prefixes, got {}",
+                    shown_value(v.get_ref())
+                ),
+            ));
+        };
+        for item in items.iter() {
+            let p = string(doc, item, "tools.allow")?;
+            let ok = !p.is_empty()
+                && !p.chars().any(|c| c.is_whitespace() || c.is_control())
+                && (p.starts_with('/') || !p.contains('/'));
+            if !ok {
+                return Err(doc.fail(
+                    &item.span(),
+                    "tools.allow",
+                    format!("`{p}` is not a program name (`cargo`) or an absolute path prefix (`/usr/bin/`)"),
+                ));
+            }
+            allow.push(p.to_string());
+        }
+    }
+    let env = match get(t, "env") {
+        Some((_, v)) => strings(doc, v, "tools.env")?,
+        None => Vec::new(),
+    };
+    let validate = match get(t, "validate") {
+        Some((_, v)) => strings(doc, v, "tools.validate")?,
+        None => Vec::new(),
+    };
+    let num = |k: &str, lo: u64, hi: u64, default: u64| -> Result<u64, ConfigError> {
+        get(t, k).map_or(Ok(default), |(_, v)| {
+            whole(doc, v, &format!("tools.{k}"), lo, hi)
+        })
+    };
+    let flag = |k: &str| -> Result<bool, ConfigError> {
+        get(t, k).map_or(Ok(false), |(_, v)| boolean(doc, v, &format!("tools.{k}")))
+    };
+    Ok(Tools {
+        mode,
+        allow,
+        timeout: Duration::from_secs(num("timeout_secs", 1, 24 * 3600, 300)?),
+        output_cap: (num("output_kib", 1, 64 * 1024, 256)? as usize) << 10,
+        network: flag("network")?,
+        accept_unconfined: flag("accept_unconfined")?,
+        max_processes: num("max_processes", 1, 100_000, 256)?,
+        env,
+        validate,
+        retry_on_fail: num("retry_on_fail", 0, 10, 0)? as u32,
+    })
+}
+
 fn parse_budget(doc: &Doc, value: &Value) -> Result<Budget, ConfigError> {
     let t = table(doc, value, "budget")?;
     only_keys(
@@ -1315,6 +1481,41 @@ mod tests {
     }
 
     const FILE: &str = ".cairn/agents/echo/agent.toml";
+
+    #[test]
+    fn tools_are_the_broker_policy_with_defaults_and_line_errors() {
+        let base = "[guests.main]\nimage = \"echo\"\n";
+        assert_eq!(load(base).unwrap().tools, None);
+        let t = load(&format!(
+            "{base}[tools]\nallow = [\"cargo\", \"/usr/bin/\"]\nvalidate = [\"cargo test\"]\nretry_on_fail = 2\n"
+        ))
+        .unwrap()
+        .tools
+        .unwrap();
+        assert_eq!(t.mode, ToolMode::WorkspaceWrite);
+        assert_eq!(t.allow, ["cargo", "/usr/bin/"]);
+        assert_eq!(t.timeout, Duration::from_secs(300));
+        assert_eq!(t.output_cap, 256 << 10);
+        assert!(!t.network && !t.accept_unconfined);
+        assert_eq!(t.validate, ["cargo test"]);
+        assert_eq!(t.retry_on_fail, 2);
+        assert_eq!(
+            err(&format!("{base}[tools]\nmode = \"yolo\"\n")),
+            format!(
+                "{FILE}:4: tools.mode: must be \"read-only\", \"workspace-write\" or \"full\", got \"yolo\""
+            )
+        );
+        assert!(
+            err(&format!("{base}[tools]\nallow = [\"bin/sh\"]\n")).starts_with(&format!(
+                "{FILE}:4: tools.allow: `bin/sh` is not a program name"
+            ))
+        );
+        assert!(
+            err(&format!("{base}[tools]\nnetwork = \"yes\"\n"))
+                .contains("tools.network: must be true or false")
+        );
+        assert!(err(&format!("{base}[tools]\nallowed = []\n")).contains("tools.allowed"));
+    }
 
     #[test]
     fn a_minimal_agent_gets_every_default() {

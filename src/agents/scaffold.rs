@@ -90,6 +90,19 @@ memory_mib = 256
 #tokens_per_dispatch = 200000
 #on_exceeded = "degrade"   # "stop" refuses, "alert" logs and allows, "degrade" switches model
 #degrade_to = "local"      # the model alias used once over budget (needed by "degrade")
+
+# Commands the host may run for this agent's guests (the `run` tool), each
+# confined (writes only in the workspace and a private temp dir, no network)
+# and recorded as a step. Without [tools], guests run nothing.
+#[tools]
+#mode = "workspace-write"      # or "read-only", "full"
+#allow = ["cargo", "git"]      # program names on PATH, or absolute path prefixes
+#timeout_secs = 300
+#output_kib = 256              # kept of stdout and of stderr each
+#network = false
+#accept_unconfined = false     # refuse to run where no confinement is available
+#validate = ["cargo test"]     # after a dispatch that changed files; failing rolls it back
+#retry_on_fail = 0             # or feed the failure back to the guest up to N times
 "#;
 
 /// `.cairn/agents/echo/agent-card.md`.
