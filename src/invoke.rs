@@ -106,6 +106,10 @@ pub async fn dispatch_with(
     if outbound.local.iter().any(|(host, _)| host == GUEST_HOST) {
         env.push(("OPENAI_BASE_URL".into(), format!("http://{GUEST_HOST}/v1")));
     }
+    let broker = crate::broker::BROKER_HOST;
+    if outbound.local.iter().any(|(host, _)| host == broker) {
+        env.push(("CAIRN_BROKER_URL".into(), format!("http://{broker}")));
+    }
     let invocation = Invocation {
         stdin: dispatch.to_stdin(),
         env,
@@ -162,9 +166,17 @@ impl Marks {
 
 impl Steps for Marks {
     fn model_call(&self, detail: &str) -> Option<i64> {
+        self.mark(Opener::ModelCall, detail)
+    }
+}
+
+impl Marks {
+    /// Closes the open step and opens the next, for `opener` (a model or a
+    /// tool call). Returns the new step's id. Blocking.
+    pub fn mark(&self, opener: Opener, detail: &str) -> Option<i64> {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (timeline, active) = guard.as_mut()?;
-        match timeline.boundary(active, Opener::ModelCall, Some(detail)) {
+        match timeline.boundary(active, opener, Some(detail)) {
             Ok(step) => {
                 if let Some(hook) = &self.on_step {
                     hook(&active.id, step, detail);
@@ -172,9 +184,20 @@ impl Steps for Marks {
                 Some(step)
             }
             Err(e) => {
-                tracing::warn!(dispatch = %active.id, "could not mark a step at a model call: {e:#}");
+                tracing::warn!(dispatch = %active.id, "could not mark a step at a {}: {e:#}", opener.as_str());
                 None
             }
+        }
+    }
+
+    /// Replaces the detail of a step of this dispatch (a command's exit
+    /// code, known once it ended).
+    pub fn describe(&self, step: i64, detail: &str) {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((timeline, _)) = guard.as_ref()
+            && let Err(e) = timeline.store().set_step_detail(step, detail)
+        {
+            tracing::warn!("recording step {step}'s detail: {e:#}");
         }
     }
 }

@@ -28,6 +28,7 @@
 
 pub mod a2a;
 pub mod agents;
+pub mod broker;
 pub mod commands;
 pub mod daemon;
 pub mod data_dir;

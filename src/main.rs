@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Token(cmd) => cmd.execute(&cli.global),
         Command::Status(cmd) => cmd.execute(&cli.global),
         Command::Validate(cmd) => cmd.execute(),
+        Command::Doctor(cmd) => cmd.execute(&cli.global),
         Command::Logs(cmd) => cmd.execute(&cli.global),
         Command::Run(cmd) => cmd.execute(&cli.global),
         Command::Log(cmd) => cmd.execute(&cli.global),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub mod diff;
+pub mod doctor;
 pub mod gc;
 pub mod images;
 pub mod init;
@@ -59,6 +60,8 @@ pub enum Command {
     Token(token::TokenCommand),
     /// Show the running daemon's health and latest dispatches
     Status(status::StatusCommand),
+    /// Show what this machine gives cairn: command confinement, git, the data directory
+    Doctor(doctor::DoctorCommand),
     /// Check a repository's agents and prompt files without running anything
     Validate(validate::ValidateCommand),
     /// Show recent dispatches; with -f, follow dispatch and step events

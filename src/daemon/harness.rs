@@ -25,6 +25,7 @@ use super::events::{Event, Events};
 use super::metrics::Metrics;
 use crate::a2a::client::{Peer, send as send_to_peer};
 use crate::agents::config::{self as agent_config, AgentConfig, GuestSource, Isolation};
+use crate::broker::{BROKER_HOST, Broker, confine};
 use crate::data_dir::DataDir;
 use crate::dispatch::{Dispatch, Kind};
 use crate::guest_ref::GuestRef;
@@ -184,6 +185,8 @@ pub struct Harness {
     became_ready: Notify,
     client: reqwest::Client,
     limits: &'static DefaultLimits,
+    /// What confinement commands run through the broker get here.
+    tool_support: Arc<confine::Support>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -240,6 +243,7 @@ impl Harness {
             became_ready: Notify::new(),
             client,
             limits: DefaultLimits::bundled(),
+            tool_support: Arc::new(confine::Support::detect()),
         }))
     }
 
@@ -998,7 +1002,7 @@ impl Harness {
     ) -> Result<String, (String, String)> {
         match prepared {
             Prepared::Local(guest) => {
-                let outbound = Arc::new(invoke::outbound(
+                let mut outbound = invoke::outbound(
                     Some(&self.sidecar),
                     &agent.config.name,
                     &dispatch,
@@ -1008,7 +1012,19 @@ impl Harness {
                         "allow_hosts of [guests.{}] in .cairn/agents/{}/agent.toml",
                         entry.name, agent.config.name
                     ),
-                ));
+                );
+                let broker = Broker {
+                    support: self.tool_support.clone(),
+                    tools: agent.config.tools.clone(),
+                    agent: agent.config.name.clone(),
+                    workspace: workspace.to_path_buf(),
+                    temp_root: self.data.root().join("tmp"),
+                    marks: marks.clone(),
+                };
+                outbound
+                    .local
+                    .push((BROKER_HOST.to_string(), Arc::new(Arc::new(broker))));
+                let outbound = Arc::new(outbound);
                 let limits = Limits {
                     deadline: entry.timeout,
                     memory_bytes: (entry.memory_mib as usize) << 20,

@@ -192,6 +192,15 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Replaces a step's detail.
+    pub fn set_step_detail(&self, step: i64, detail: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE steps SET detail = ?2 WHERE id = ?1",
+            rusqlite::params![step, detail],
+        )?;
+        Ok(())
+    }
+
     pub fn dispatch_workspace(&self, dispatch: &str) -> Result<i64> {
         Ok(self.conn.query_row(
             "SELECT workspace FROM dispatches WHERE id = ?1",

@@ -1,0 +1,226 @@
+//! The host tool broker: what a sandbox cannot do itself — run the tests,
+//! build the project — a guest asks the host for, by HTTP to
+//! `$CAIRN_BROKER_URL` (`http://broker.cairn.internal`), served in-process
+//! and bound to the guest's dispatch like the sidecar.
+//!
+//! `POST /v1/run {"argv": [..], "timeout_secs"?}` runs one command in the
+//! dispatch's workspace under the agent's `[tools]` policy ([`confine`]):
+//! an allow-list of programs, a mode (what it may write), no network by
+//! default, a timeout, an output cap, a scrubbed environment. Each run is
+//! a step of the timeline (opened by `tool-call`, its detail the command
+//! and then its exit), so what the command changed can be undone.
+//!
+//! Answers: 200 `{"exit", "signal", "stdout", "stderr", "truncated",
+//! "timed_out", "step", "confinement"}`; 403 `{"error"}` when the policy
+//! refuses (naming the line that would allow it) or no confinement is
+//! available; 400 for a malformed request.
+
+pub mod confine;
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::agents::config::{ToolMode, Tools};
+use crate::invoke::Marks;
+use crate::sandbox::LocalHttp;
+use crate::timeline::Opener;
+use crate::web::{self, Response};
+
+/// The host name guests reach the broker at.
+pub const BROKER_HOST: &str = "broker.cairn.internal";
+
+/// The broker as one dispatch sees it.
+pub struct Broker {
+    pub support: Arc<confine::Support>,
+    /// None: the agent has no `[tools]`.
+    pub tools: Option<Tools>,
+    pub agent: String,
+    pub workspace: PathBuf,
+    /// Where each run's private temp dir is made.
+    pub temp_root: PathBuf,
+    pub marks: Arc<Marks>,
+}
+
+fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+    web::json_response(status, &json!({ "error": message.into() }))
+}
+
+/// The confinement policy of an agent's `[tools]`.
+pub fn policy(tools: &Tools) -> confine::Policy {
+    confine::Policy {
+        mode: match tools.mode {
+            ToolMode::ReadOnly => confine::Mode::ReadOnly,
+            ToolMode::WorkspaceWrite => confine::Mode::WorkspaceWrite,
+            ToolMode::Full => confine::Mode::Full,
+        },
+        allow: tools.allow.clone(),
+        timeout: tools.timeout,
+        output_cap: tools.output_cap,
+        network: tools.network,
+        accept_unconfined: tools.accept_unconfined,
+        max_processes: tools.max_processes,
+        env_pass: tools.env.clone(),
+    }
+}
+
+/// A command as a step's detail: its words, cut to 200 characters.
+fn shown(argv: &[String]) -> String {
+    let text = argv.join(" ");
+    if text.chars().count() > 200 {
+        format!("{}…", text.chars().take(200).collect::<String>())
+    } else {
+        text
+    }
+}
+
+impl Broker {
+    async fn run(&self, body: Bytes) -> Response {
+        let Some(tools) = &self.tools else {
+            return problem(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "agent {} runs no commands: add [tools] with allow = [...] to .cairn/agents/{}/agent.toml",
+                    self.agent, self.agent
+                ),
+            );
+        };
+        let v: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+        };
+        let argv: Option<Vec<String>> = v["argv"].as_array().and_then(|a| {
+            a.iter()
+                .map(|s| s.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+        });
+        let Some(argv) = argv.filter(|a| !a.is_empty()) else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "`argv` (a non-empty array of strings) is required",
+            );
+        };
+        let timeout = match &v["timeout_secs"] {
+            Value::Null => None,
+            t => match t.as_u64() {
+                Some(s) if s > 0 => Some(Duration::from_secs(s)),
+                _ => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "`timeout_secs` must be a positive whole number",
+                    );
+                }
+            },
+        };
+        let policy = policy(tools);
+        if let Err(refused) = confine::check_allowed(&policy, &argv) {
+            return problem(
+                StatusCode::FORBIDDEN,
+                format!("{refused} (.cairn/agents/{}/agent.toml)", self.agent),
+            );
+        }
+        let temp = match std::fs::create_dir_all(&self.temp_root).and_then(|()| {
+            tempfile::Builder::new()
+                .prefix("run-")
+                .tempdir_in(&self.temp_root)
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                return problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("making the command's temp dir: {e}"),
+                );
+            }
+        };
+        let detail = format!("run: {}", shown(&argv));
+        let marks = self.marks.clone();
+        let opened = {
+            let detail = detail.clone();
+            tokio::task::spawn_blocking(move || marks.mark(Opener::ToolCall, &detail))
+                .await
+                .ok()
+                .flatten()
+        };
+        let request = confine::Request {
+            argv: argv.clone(),
+            workspace: self.workspace.clone(),
+            temp: temp.path().to_path_buf(),
+            timeout,
+        };
+        let result = confine::run(&self.support, &policy, &request).await;
+        let out = match result {
+            Ok(out) => out,
+            Err(refused) => {
+                if let Some(step) = opened {
+                    self.marks
+                        .describe(step, &format!("{detail} → refused: {refused}"));
+                }
+                return problem(StatusCode::FORBIDDEN, refused.to_string());
+            }
+        };
+        let ended = match (out.exit, out.signal, out.timed_out) {
+            (_, _, true) => "timed out".to_string(),
+            (Some(code), _, _) => format!("exit {code}"),
+            (None, Some(sig), _) => format!("killed by signal {sig}"),
+            (None, None, _) => "ended".to_string(),
+        };
+        if let Some(step) = opened {
+            let size = out.stdout.len() + out.stderr.len();
+            self.marks.describe(
+                step,
+                &format!(
+                    "{detail} → {ended}, {size} bytes of output{}",
+                    if out.truncated { " (cut)" } else { "" }
+                ),
+            );
+        }
+        web::json_response(
+            StatusCode::OK,
+            &json!({
+                "exit": out.exit,
+                "signal": out.signal,
+                "stdout": String::from_utf8_lossy(&out.stdout),
+                "stderr": String::from_utf8_lossy(&out.stderr),
+                "truncated": out.truncated,
+                "timed_out": out.timed_out,
+                "step": opened,
+                "confinement": out.confinement,
+            }),
+        )
+    }
+}
+
+impl LocalHttp for Arc<Broker> {
+    fn max_body(&self) -> usize {
+        64 << 10
+    }
+
+    fn too_large(&self, limit: usize) -> Response {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a run request is at most {limit} bytes"),
+        )
+    }
+
+    fn call(&self, req: http::Request<Bytes>) -> Pin<Box<dyn Future<Output = Response> + Send>> {
+        let me = self.clone();
+        Box::pin(async move {
+            let path = req.uri().path().trim_end_matches('/').to_string();
+            match (req.method(), path.as_str()) {
+                (&http::Method::POST, "/v1/run") => me.run(req.into_body()).await,
+                _ => problem(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no endpoint {} {path} (the broker serves POST /v1/run)",
+                        req.method()
+                    ),
+                ),
+            }
+        })
+    }
+}
