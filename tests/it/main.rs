@@ -2,6 +2,7 @@
 //! guests. Each module says what belongs in it.
 
 mod code_cache;
+mod coder;
 mod component;
 mod concurrency;
 mod confinement;

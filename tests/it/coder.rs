@@ -1,0 +1,147 @@
+//! The coder guest in a real daemon, its model a scripted fake upstream
+//! replaying a plausible tool-calling conversation: it reads the failing
+//! crate, edits it, runs `cargo test` through the tool broker (confined),
+//! and finishes; the crate's tests pass afterwards and `cairn log` shows
+//! every step. A variant runs `rm -rf src` through the broker and then
+//! fails: everything is restored.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::daemon::{agent, commit, repo, send_v1, start};
+use crate::upstream::{Behavior, Upstream};
+
+/// Copies `examples/fix-me` into the repository and commits it.
+fn with_failing_crate(env: &crate::Env) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fix-me");
+    for file in ["Cargo.toml", ".gitignore", "src/lib.rs"] {
+        let to = env.ws(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(src.join(file), to).unwrap();
+    }
+    commit(env.workspace.path(), "a crate with a bug");
+}
+
+fn coder_agent(env: &crate::Env, up: &Upstream, allow: &str) {
+    std::fs::write(
+        env.ws(".cairn/sidecar.toml"),
+        crate::sidecar::config(up, ""),
+    )
+    .unwrap();
+    let coder = crate::component::rust_guest("coder");
+    agent(
+        env,
+        "coder",
+        &format!(
+            "[guests.main]\nimage = \"{}\"\nmodel = \"small\"\ntimeout_secs = 600\n\n[tools]\nallow = [{allow}]\ntimeout_secs = 300\n",
+            coder.display()
+        ),
+    );
+}
+
+fn cargo_test(dir: &Path) -> std::process::Output {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--offline", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_coder_fixes_a_failing_test_through_the_broker_and_every_step_is_logged() {
+    let env = repo();
+    with_failing_crate(&env);
+    assert!(
+        !cargo_test(env.workspace.path()).status.success(),
+        "the example must fail first"
+    );
+    let up = Upstream::start();
+    up.script([
+        Behavior::tool_call("read_file", r#"{"path":"src/lib.rs"}"#),
+        Behavior::tool_call(
+            "edit_file",
+            r#"{"path":"src/lib.rs","search":"    a - b","replace":"    a + b"}"#,
+        ),
+        Behavior::tool_call("run", r#"{"argv":["cargo","test","--offline"]}"#),
+        Behavior::tool_call(
+            "finish",
+            r#"{"summary":"add subtracted; it adds now and cargo test passes."}"#,
+        ),
+    ]);
+    coder_agent(&env, &up, "\"cargo\"");
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let v = d.rpc("coder", &send_v1("The tests fail. Fix the bug.", true));
+    let task = &v["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{v}");
+    assert!(
+        crate::daemon::artifact_text(task).contains("cargo test passes"),
+        "{v}"
+    );
+    // The model saw the command's result: the tests passed in the sandbox.
+    let sent = up.requests();
+    let last = serde_json::to_string(&sent.last().unwrap().body).unwrap();
+    assert!(last.contains("test result: ok"), "{last}");
+    // And they pass now.
+    let out = cargo_test(env.workspace.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every step, the run with its command and exit.
+    let id = task["id"].as_str().unwrap();
+    let log = env
+        .cairn()
+        .args(["log", "--dispatch", id])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert_eq!(log.matches("model-call").count(), 4, "{log}");
+    assert!(log.contains("run: cargo test --offline → exit 0"), "{log}");
+    assert!(log.contains("src/lib.rs"), "{log}");
+}
+
+#[test]
+fn a_destructive_run_then_a_failure_leaves_the_workspace_as_it_was() {
+    let env = repo();
+    with_failing_crate(&env);
+    let before = std::fs::read_to_string(env.ws("src/lib.rs")).unwrap();
+    let up = Upstream::start();
+    up.script([
+        Behavior::tool_call("run", r#"{"argv":["rm","-rf","src"]}"#),
+        Behavior::tool_call("run", r#"{"argv":["curl","http://example.com"]}"#),
+    ]);
+    // Then the model breaks down: the guest fails.
+    up.set_default(Behavior::status(500));
+    coder_agent(&env, &up, "\"cargo\", \"rm\"");
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let v = d.rpc("coder", &send_v1("Clean up.", true));
+    let task = &v["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_FAILED", "{v}");
+    // The rm ran (the model was told), curl was refused by the policy with
+    // the line that would allow it.
+    let sent = up.requests();
+    let bodies: Vec<String> = sent
+        .iter()
+        .map(|r| serde_json::to_string(&r.body).unwrap())
+        .collect();
+    let all = bodies.join("\n");
+    assert!(
+        all.contains("curl") && all.contains("is not allowed"),
+        "{all}"
+    );
+    assert!(all.contains("tools.allow"), "{all}");
+    // Everything is back.
+    assert_eq!(
+        std::fs::read_to_string(env.ws("src/lib.rs")).unwrap(),
+        before
+    );
+    let id = task["id"].as_str().unwrap();
+    let (_, one) = d.get(&format!("/dispatches/{id}"), Some(&d.observe));
+    assert_eq!(one["status"], "rolled-back", "{one}");
+    let steps = serde_json::to_string(&one["steps"]).unwrap();
+    assert!(steps.contains("run: rm -rf src"), "{steps}");
+}
