@@ -190,6 +190,18 @@ impl Marks {
         }
     }
 
+    /// Whether the dispatch changed anything so far (as of the last
+    /// boundary).
+    pub fn changed(&self) -> bool {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().is_some_and(|(timeline, active)| {
+            timeline
+                .store()
+                .dispatch_changed(&active.id)
+                .unwrap_or(true)
+        })
+    }
+
     /// Replaces the detail of a step of this dispatch (a command's exit
     /// code, known once it ended).
     pub fn describe(&self, step: i64, detail: &str) {

@@ -36,7 +36,7 @@ use crate::sidecar::Sidecar;
 use crate::sidecar::config::Budget;
 use crate::store::Store;
 use crate::store::tasks::TaskRow;
-use crate::timeline::{Conflict, RollbackPolicy, Target, Timeline, Undone};
+use crate::timeline::{Conflict, Opener, RollbackPolicy, Target, Timeline, Undone};
 
 /// One agent as the harness runs it: its config and prepared guests.
 pub struct Agent {
@@ -904,6 +904,103 @@ impl Harness {
         (timeline, Some(state))
     }
 
+    /// Runs the agent's `validate` commands, each a step, once the
+    /// dispatch changed files (nothing changed: nothing to validate).
+    /// Err: the first failing command and the end of its output.
+    async fn validate(
+        &self,
+        agent: &Agent,
+        tools: &agent_config::Tools,
+        workspace: &Path,
+        marks: &Arc<Marks>,
+    ) -> Result<(), String> {
+        let first = tools
+            .validate
+            .first()
+            .map_or("", String::as_str)
+            .to_string();
+        let opened = {
+            let marks = marks.clone();
+            let detail = format!("validate: {first}");
+            tokio::task::spawn_blocking(move || marks.mark(Opener::ToolCall, &detail))
+                .await
+                .ok()
+                .flatten()
+        };
+        let changed = {
+            let marks = marks.clone();
+            tokio::task::spawn_blocking(move || marks.changed())
+                .await
+                .unwrap_or(true)
+        };
+        if !changed {
+            if let Some(step) = opened {
+                marks.describe(step, "validate: skipped, the dispatch changed nothing");
+            }
+            return Ok(());
+        }
+        let policy = crate::broker::policy(tools);
+        let temp_root = self.data.root().join("tmp");
+        for (i, command) in tools.validate.iter().enumerate() {
+            let argv: Vec<String> = command.split_whitespace().map(str::to_string).collect();
+            let step = if i == 0 {
+                opened
+            } else {
+                let marks = marks.clone();
+                let detail = format!("validate: {command}");
+                tokio::task::spawn_blocking(move || marks.mark(Opener::ToolCall, &detail))
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let temp = std::fs::create_dir_all(&temp_root)
+                .and_then(|()| {
+                    tempfile::Builder::new()
+                        .prefix("validate-")
+                        .tempdir_in(&temp_root)
+                })
+                .map_err(|e| format!("{command}: making its temp dir: {e}"))?;
+            let request = confine::Request {
+                argv,
+                workspace: workspace.to_path_buf(),
+                temp: temp.path().to_path_buf(),
+                timeout: None,
+            };
+            let out = confine::run(&self.tool_support, &policy, &request)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{command}: {e} (.cairn/agents/{}/agent.toml)",
+                        agent.config.name
+                    )
+                })?;
+            let ok = out.exit == Some(0) && !out.timed_out;
+            let ended = match (out.exit, out.timed_out) {
+                (_, true) => "timed out".to_string(),
+                (Some(c), _) => format!("exit {c}"),
+                (None, _) => "killed".to_string(),
+            };
+            if let Some(step) = step {
+                marks.describe(step, &format!("validate: {command} → {ended}"));
+            }
+            if !ok {
+                let tail = |b: &[u8]| {
+                    let t = String::from_utf8_lossy(b);
+                    let chars: Vec<char> = t.chars().collect();
+                    chars[chars.len().saturating_sub(4000)..]
+                        .iter()
+                        .collect::<String>()
+                };
+                return Err(format!(
+                    "{command}: {ended}\n{}{}",
+                    tail(&out.stdout),
+                    tail(&out.stderr)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A consensus run: every (guest, model) pair the patterns match runs
     /// the dispatch in parallel; then the majority of yes/no answers, or
     /// the default guest (`entry`) merging them. Voters that fail are left
@@ -1122,14 +1219,38 @@ impl Harness {
         let marks = Marks::with_hook(timeline, active, Some(hook));
 
         let voters = consensus_voters(&dispatch);
+        let tools = agent
+            .config
+            .tools
+            .clone()
+            .filter(|t| !t.validate.is_empty());
         let run = async {
-            if voters.is_empty() {
-                return self
-                    .invoke_one(agent, entry, prepared, dispatch.clone(), workspace, &marks)
-                    .await;
+            let mut attempt = 0;
+            let mut this = dispatch.clone();
+            loop {
+                let reply = if voters.is_empty() {
+                    self.invoke_one(agent, entry, prepared, this.clone(), workspace, &marks)
+                        .await?
+                } else {
+                    self.consensus(agent, entry, &voters, &this, workspace, &marks)
+                        .await?
+                };
+                let Some(tools) = &tools else {
+                    return Ok(reply);
+                };
+                match self.validate(agent, tools, workspace, &marks).await {
+                    Ok(()) => return Ok(reply),
+                    Err(failure) if attempt < tools.retry_on_fail => {
+                        attempt += 1;
+                        tracing::info!(dispatch = %id, "validation failed; attempt {attempt} of {} more", tools.retry_on_fail);
+                        this.prompt = format!(
+                            "{}\n\n---\nYour changes failed validation (retry {attempt} of {}). Fix them; the failure:\n{failure}\n",
+                            dispatch.prompt, tools.retry_on_fail
+                        );
+                    }
+                    Err(failure) => return Err((format!("validation failed: {failure}"), reply)),
+                }
             }
-            self.consensus(agent, entry, &voters, &dispatch, workspace, &marks)
-                .await
         };
         // The agents' definitions are not the guests' to change: a
         // dispatch in the repository that edits `.cairn/` (memory aside)

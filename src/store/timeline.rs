@@ -192,6 +192,15 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Whether any step of a dispatch recorded a change.
+    pub fn dispatch_changed(&self, dispatch: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM changes c JOIN steps s ON c.step = s.id WHERE s.dispatch = ?1)",
+            [dispatch],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Replaces a step's detail.
     pub fn set_step_detail(&self, step: i64, detail: &str) -> Result<()> {
         self.conn.execute(

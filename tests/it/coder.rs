@@ -23,6 +23,10 @@ fn with_failing_crate(env: &crate::Env) {
 }
 
 fn coder_agent(env: &crate::Env, up: &Upstream, allow: &str) {
+    coder_agent_with(env, up, allow, "");
+}
+
+fn coder_agent_with(env: &crate::Env, up: &Upstream, allow: &str, tools: &str) {
     std::fs::write(
         env.ws(".cairn/sidecar.toml"),
         crate::sidecar::config(up, ""),
@@ -33,7 +37,7 @@ fn coder_agent(env: &crate::Env, up: &Upstream, allow: &str) {
         env,
         "coder",
         &format!(
-            "[guests.main]\nimage = \"{}\"\nmodel = \"small\"\ntimeout_secs = 600\n\n[tools]\nallow = [{allow}]\ntimeout_secs = 300\n",
+            "[guests.main]\nimage = \"{}\"\nmodel = \"small\"\ntimeout_secs = 600\n\n[tools]\nallow = [{allow}]\ntimeout_secs = 300\n{tools}",
             coder.display()
         ),
     );
@@ -144,4 +148,93 @@ fn a_destructive_run_then_a_failure_leaves_the_workspace_as_it_was() {
     assert_eq!(one["status"], "rolled-back", "{one}");
     let steps = serde_json::to_string(&one["steps"]).unwrap();
     assert!(steps.contains("run: rm -rf src"), "{steps}");
+}
+
+#[test]
+fn validation_rolls_a_bad_change_back_or_feeds_the_failure_back_to_retry() {
+    let edit = |from: &str, to: &str| {
+        Behavior::tool_call(
+            "edit_file",
+            &format!(r#"{{"path":"src/lib.rs","search":"    {from}","replace":"    {to}"}}"#),
+        )
+    };
+    let finish = || Behavior::tool_call("finish", r#"{"summary":"done"}"#);
+
+    // No retry: a change that fails `cargo test` is rolled back.
+    let env = repo();
+    with_failing_crate(&env);
+    let before = std::fs::read_to_string(env.ws("src/lib.rs")).unwrap();
+    let up = Upstream::start();
+    up.script([edit("a - b", "a * b"), finish()]);
+    coder_agent_with(
+        &env,
+        &up,
+        "\"cargo\"",
+        "validate = [\"cargo test --offline\"]\n",
+    );
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let v = d.rpc("coder", &send_v1("Fix the bug.", true));
+    let task = &v["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_FAILED", "{v}");
+    let why = serde_json::to_string(&task["status"]).unwrap();
+    assert!(
+        why.contains("validation failed: cargo test --offline: exit 101"),
+        "{why}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.ws("src/lib.rs")).unwrap(),
+        before
+    );
+    drop(d);
+
+    // One retry: the failure goes back to the guest, whose second attempt
+    // passes.
+    let env = repo();
+    with_failing_crate(&env);
+    let up = Upstream::start();
+    up.script([
+        edit("a - b", "a * b"),
+        finish(),
+        edit("a * b", "a + b"),
+        finish(),
+    ]);
+    coder_agent_with(
+        &env,
+        &up,
+        "\"cargo\"",
+        "validate = [\"cargo test --offline\"]\nretry_on_fail = 1\n",
+    );
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let v = d.rpc("coder", &send_v1("Fix the bug.", true));
+    let task = &v["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{v}");
+    let sent = up.requests();
+    let retry = serde_json::to_string(&sent[2].body).unwrap();
+    assert!(retry.contains("failed validation"), "{retry}");
+    assert!(
+        retry.contains("assertion"),
+        "the failure output reached the guest: {retry}"
+    );
+    assert!(
+        std::fs::read_to_string(env.ws("src/lib.rs"))
+            .unwrap()
+            .contains("a + b")
+    );
+    let id = task["id"].as_str().unwrap();
+    let log = env
+        .cairn()
+        .args(["log", "--dispatch", id])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        log.contains("validate: cargo test --offline → exit 101"),
+        "{log}"
+    );
+    assert!(
+        log.contains("validate: cargo test --offline → exit 0"),
+        "{log}"
+    );
 }
