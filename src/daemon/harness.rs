@@ -884,7 +884,7 @@ impl Harness {
         // A worktree's result is its branch: committed before the caller
         // hears the dispatch completed.
         if state == "completed" && workspace != self.repo {
-            let message = format!("cairn: {} dispatch {id}\n\n{first_line}\n", task.agent);
+            let message = commit_message(&task.agent, id, &first_line, &reply);
             if let Err(e) = commit_all(workspace, &message).await {
                 state = "failed".into();
                 detail = Some(format!("committing the result to its branch: {e:#}"));
@@ -1340,6 +1340,21 @@ impl Harness {
         };
         (result.0, result.1, result.2, Some(timeline))
     }
+}
+
+/// A worktree dispatch's commit: the reply's first line as the subject
+/// (what the agent says it did), the reply and the prompt below.
+fn commit_message(agent: &str, id: &str, prompt: &str, reply: &str) -> String {
+    let summary: String = reply
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(prompt)
+        .chars()
+        .take(72)
+        .collect();
+    let body: String = reply.chars().take(4000).collect();
+    format!("{agent}: {summary}\n\n{body}\n\nPrompt: {prompt}\nDispatch: {id} (cairn)\n")
 }
 
 /// A hash of every file under `.cairn/` except the agents' `memory/`.

@@ -783,6 +783,10 @@ fn worktree_isolation_leaves_each_result_on_its_own_branch() {
         &["ls-tree", "-r", "--name-only", &branch],
     );
     assert!(files.lines().any(|f| f == "out.txt"), "{files}");
+    // The commit says what the agent replied, and which dispatch it was.
+    let message = git(env.workspace.path(), &["log", "-1", "--format=%B", &branch]);
+    assert!(message.starts_with("builder: writer: 1 ops\n"), "{message}");
+    assert!(message.contains(&format!("Dispatch: {id}")), "{message}");
     // The repository itself is untouched.
     assert!(!env.ws("out.txt").exists());
 }
