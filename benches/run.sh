@@ -23,3 +23,5 @@ cargo bench --bench sidecar 2>/dev/null
 cargo bench --bench daemon 2>/dev/null
 # The scheduler with 10,000 jobs beside a daemon with none (about 4 minutes).
 cargo bench --bench schedule 2>/dev/null
+# The tool broker's overhead per run on the 100,000-file tree (about 1 minute).
+cargo bench --bench broker 2>/dev/null

@@ -18,7 +18,7 @@
 //! `cargo bench --bench timeline` (about 5 minutes the first time).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -26,55 +26,8 @@ use cairn::data_dir::DataDir;
 use cairn::timeline::{Opener, Target, Timeline};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 
-const DIRS: usize = 1000;
-const PER_DIR: usize = 100;
-
-fn bench_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/timeline-bench")
-}
-
-/// Source-like text of 1–8 KiB, different for every file.
-fn content(n: usize, round: usize) -> Vec<u8> {
-    let size = 1024 + (n * 7919 % 7168);
-    let mut out = Vec::with_capacity(size + 80);
-    let mut line = 0;
-    while out.len() < size {
-        out.extend_from_slice(
-            format!("fn item_{n}_{line}() -> u64 {{ {round} + {line} * {n} }} // generated\n")
-                .as_bytes(),
-        );
-        line += 1;
-    }
-    out
-}
-
-fn path_of(tree: &Path, n: usize) -> PathBuf {
-    tree.join(format!(
-        "d{:03}/s{}/f{:03}.rs",
-        n / PER_DIR,
-        n % 10,
-        n % PER_DIR
-    ))
-}
-
-fn generate(tree: &Path) {
-    let done = tree.join(".complete");
-    if done.exists() {
-        return;
-    }
-    let _ = fs::remove_dir_all(tree);
-    eprintln!(
-        "generating {} files under {}",
-        DIRS * PER_DIR,
-        tree.display()
-    );
-    for n in 0..DIRS * PER_DIR {
-        let p = path_of(tree, n);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, content(n, 0)).unwrap();
-    }
-    fs::write(done, b"").unwrap();
-}
+mod common;
+use common::{DIRS, PER_DIR, bench_root, content, generate, path_of};
 
 fn du(path: &Path) -> u64 {
     let out = Command::new("du").arg("-sb").arg(path).output().unwrap();

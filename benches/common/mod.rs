@@ -1,10 +1,11 @@
-//! What the whole-process benches share: a scaffolded repository with
-//! `cairn up` running on it, and a process's resident memory.
+//! What the benches share: a scaffolded repository with `cairn up`
+//! running on it, a process's resident memory, and the 100,000-file tree.
 
 #![allow(dead_code)]
 
+use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// `cairn up` on a temporary repository scaffolded by `cairn init`; killed
@@ -75,4 +76,55 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The 100,000-file tree the timeline and broker benches share.
+pub const DIRS: usize = 1000;
+pub const PER_DIR: usize = 100;
+
+pub fn bench_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/timeline-bench")
+}
+
+/// Source-like text of 1–8 KiB, different for every file.
+pub fn content(n: usize, round: usize) -> Vec<u8> {
+    let size = 1024 + (n * 7919 % 7168);
+    let mut out = Vec::with_capacity(size + 80);
+    let mut line = 0;
+    while out.len() < size {
+        out.extend_from_slice(
+            format!("fn item_{n}_{line}() -> u64 {{ {round} + {line} * {n} }} // generated\n")
+                .as_bytes(),
+        );
+        line += 1;
+    }
+    out
+}
+
+pub fn path_of(tree: &Path, n: usize) -> PathBuf {
+    tree.join(format!(
+        "d{:03}/s{}/f{:03}.rs",
+        n / PER_DIR,
+        n % 10,
+        n % PER_DIR
+    ))
+}
+
+pub fn generate(tree: &Path) {
+    let done = tree.join(".complete");
+    if done.exists() {
+        return;
+    }
+    let _ = fs::remove_dir_all(tree);
+    eprintln!(
+        "generating {} files under {}",
+        DIRS * PER_DIR,
+        tree.display()
+    );
+    for n in 0..DIRS * PER_DIR {
+        let p = path_of(tree, n);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content(n, 0)).unwrap();
+    }
+    fs::write(done, b"").unwrap();
 }

@@ -183,6 +183,8 @@ pub struct Timeline {
     /// the first full scan of this process).
     synced: bool,
     _lock: File,
+    /// Where to start a watcher once the workspace proves large enough.
+    watch_later: Option<(PathBuf, PathBuf)>,
     /// Testing hook (`CAIRN_RESTORE_PAUSE_MS`): a pause after each restored
     /// path, so a test can kill cairn in the middle of a rollback.
     pause: Option<Duration>,
@@ -198,20 +200,14 @@ impl Timeline {
         let ws = store.workspace_id(workspace.as_os_str().as_encoded_bytes())?;
         let lock = lock_workspace(data, ws, workspace)?;
         let index = store.load_entries(ws)?;
-        let watch = if watch && index.len() >= WATCH_MIN_ENTRIES {
-            let cookies = data
-                .timeline()
-                .join("cookies")
-                .join(format!("{}-{ws}", std::process::id()));
-            match Watch::start(workspace, &cookies) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::info!(error = %format!("{e:#}"), "no file watcher: every boundary walks the workspace");
-                    None
-                }
-            }
-        } else {
-            None
+        let cookies = data
+            .timeline()
+            .join("cookies")
+            .join(format!("{}-{ws}", std::process::id()));
+        let wanted = watch.then(|| (workspace.to_path_buf(), cookies));
+        let watch = match &wanted {
+            Some((root, cookies)) if index.len() >= WATCH_MIN_ENTRIES => start_watch(root, cookies),
+            _ => None,
         };
         let pause = std::env::var("CAIRN_RESTORE_PAUSE_MS")
             .ok()
@@ -221,6 +217,9 @@ impl Timeline {
             store,
             objects,
             scanner: Scanner::new(workspace),
+            // Not started yet: the first walk may show the workspace is
+            // large enough to gain from one.
+            watch_later: if watch.is_none() { wanted } else { None },
             watch,
             ws,
             index,
@@ -530,6 +529,26 @@ impl Timeline {
         for (p, e) in &found.restat {
             self.index.insert(p.clone(), e.clone());
         }
+        // A workspace first seen now turned out large: watch it from here.
+        // The next sync walks once more (what changed before the watcher
+        // started), then follows its events.
+        if self.index.len() >= WATCH_MIN_ENTRIES
+            && let Some((root, cookies)) = self.watch_later.take()
+        {
+            self.watch = start_watch(&root, &cookies);
+            self.synced = false;
+        }
+    }
+}
+
+/// Starts the file watcher, or says why a boundary will walk instead.
+fn start_watch(root: &Path, cookies: &Path) -> Option<Watch> {
+    match Watch::start(root, cookies) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::info!(error = %format!("{e:#}"), "no file watcher: every boundary walks the workspace");
+            None
+        }
     }
 }
 
@@ -601,4 +620,41 @@ pub fn recover_idle(data: &DataDir, store: &Store) -> Result<()> {
         Timeline::open(data, root, false)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workspace_first_seen_large_is_watched_after_its_first_walk() {
+        let (data_dir, ws) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for i in 0..WATCH_MIN_ENTRIES + 10 {
+            std::fs::write(ws.path().join(format!("f{i}")), "x").unwrap();
+        }
+        let data = DataDir::resolve(Some(data_dir.path())).unwrap();
+        let root = ws.path().canonicalize().unwrap();
+        let mut tl = Timeline::open(&data, &root, true).unwrap();
+        assert!(tl.watch.is_none(), "nothing known of it yet");
+        let mut active = tl.begin("d", "g", "a2a").unwrap();
+        assert!(tl.watch.is_some(), "the first walk showed it is large");
+        // Changed while the watcher started: caught by one more walk.
+        std::fs::write(root.join("f1"), "changed").unwrap();
+        let first = active.step;
+        tl.boundary(&mut active, Opener::ToolCall, None).unwrap();
+        // From here on, by the watcher's events.
+        std::fs::write(root.join("f2"), "changed too").unwrap();
+        let second = active.step;
+        tl.boundary(&mut active, Opener::ToolCall, None).unwrap();
+        let paths = |step: i64| -> Vec<String> {
+            tl.store
+                .changes(step)
+                .unwrap()
+                .iter()
+                .map(|c| display(&c.path))
+                .collect()
+        };
+        assert_eq!(paths(first), ["f1"]);
+        assert_eq!(paths(second), ["f2"]);
+    }
 }
