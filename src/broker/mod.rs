@@ -17,7 +17,7 @@
 
 pub mod confine;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +66,32 @@ pub fn policy(tools: &Tools) -> confine::Policy {
         accept_unconfined: tools.accept_unconfined,
         max_processes: tools.max_processes,
         env_pass: tools.env.clone(),
+    }
+}
+
+/// A fresh private temp dir for one command, under `root`.
+pub fn private_temp(root: &Path, prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(root)?;
+    tempfile::Builder::new().prefix(prefix).tempdir_in(root)
+}
+
+/// Opens the `tool-call` step a command runs in; its id (None when the
+/// timeline could not mark it, which is logged).
+pub async fn open_step(marks: &Arc<Marks>, detail: String) -> Option<i64> {
+    let marks = marks.clone();
+    tokio::task::spawn_blocking(move || marks.mark(Opener::ToolCall, &detail))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// How a confined command ended, as a step's detail says it.
+pub fn ended(out: &confine::Output) -> String {
+    match (out.exit, out.signal, out.timed_out) {
+        (_, _, true) => "timed out".to_string(),
+        (Some(code), _, _) => format!("exit {code}"),
+        (None, Some(sig), _) => format!("killed by signal {sig}"),
+        (None, None, _) => "ended".to_string(),
     }
 }
 
@@ -124,11 +150,7 @@ impl Broker {
                 format!("{refused} (.cairn/agents/{}/agent.toml)", self.agent),
             );
         }
-        let temp = match std::fs::create_dir_all(&self.temp_root).and_then(|()| {
-            tempfile::Builder::new()
-                .prefix("run-")
-                .tempdir_in(&self.temp_root)
-        }) {
+        let temp = match private_temp(&self.temp_root, "run-") {
             Ok(t) => t,
             Err(e) => {
                 return problem(
@@ -138,14 +160,7 @@ impl Broker {
             }
         };
         let detail = format!("run: {}", shown(&argv));
-        let marks = self.marks.clone();
-        let opened = {
-            let detail = detail.clone();
-            tokio::task::spawn_blocking(move || marks.mark(Opener::ToolCall, &detail))
-                .await
-                .ok()
-                .flatten()
-        };
+        let opened = open_step(&self.marks, detail.clone()).await;
         let request = confine::Request {
             argv: argv.clone(),
             workspace: self.workspace.clone(),
@@ -163,12 +178,7 @@ impl Broker {
                 return problem(StatusCode::FORBIDDEN, refused.to_string());
             }
         };
-        let ended = match (out.exit, out.signal, out.timed_out) {
-            (_, _, true) => "timed out".to_string(),
-            (Some(code), _, _) => format!("exit {code}"),
-            (None, Some(sig), _) => format!("killed by signal {sig}"),
-            (None, None, _) => "ended".to_string(),
-        };
+        let ended = ended(&out);
         if let Some(step) = opened {
             let size = out.stdout.len() + out.stderr.len();
             self.marks.describe(

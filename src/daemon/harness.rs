@@ -25,7 +25,7 @@ use super::events::{Event, Events};
 use super::metrics::Metrics;
 use crate::a2a::client::{Peer, send as send_to_peer};
 use crate::agents::config::{self as agent_config, AgentConfig, GuestSource, Isolation};
-use crate::broker::{BROKER_HOST, Broker, confine};
+use crate::broker::{self, BROKER_HOST, Broker, confine};
 use crate::data_dir::DataDir;
 use crate::dispatch::{Dispatch, Kind};
 use crate::guest_ref::GuestRef;
@@ -36,7 +36,7 @@ use crate::sidecar::Sidecar;
 use crate::sidecar::config::Budget;
 use crate::store::Store;
 use crate::store::tasks::TaskRow;
-use crate::timeline::{Conflict, Opener, RollbackPolicy, Target, Timeline, Undone};
+use crate::timeline::{Conflict, RollbackPolicy, Target, Timeline, Undone};
 
 /// One agent as the harness runs it: its config and prepared guests.
 pub struct Agent {
@@ -919,14 +919,7 @@ impl Harness {
             .first()
             .map_or("", String::as_str)
             .to_string();
-        let opened = {
-            let marks = marks.clone();
-            let detail = format!("validate: {first}");
-            tokio::task::spawn_blocking(move || marks.mark(Opener::ToolCall, &detail))
-                .await
-                .ok()
-                .flatten()
-        };
+        let opened = broker::open_step(marks, format!("validate: {first}")).await;
         let changed = {
             let marks = marks.clone();
             tokio::task::spawn_blocking(move || marks.changed())
@@ -946,19 +939,9 @@ impl Harness {
             let step = if i == 0 {
                 opened
             } else {
-                let marks = marks.clone();
-                let detail = format!("validate: {command}");
-                tokio::task::spawn_blocking(move || marks.mark(Opener::ToolCall, &detail))
-                    .await
-                    .ok()
-                    .flatten()
+                broker::open_step(marks, format!("validate: {command}")).await
             };
-            let temp = std::fs::create_dir_all(&temp_root)
-                .and_then(|()| {
-                    tempfile::Builder::new()
-                        .prefix("validate-")
-                        .tempdir_in(&temp_root)
-                })
+            let temp = broker::private_temp(&temp_root, "validate-")
                 .map_err(|e| format!("{command}: making its temp dir: {e}"))?;
             let request = confine::Request {
                 argv,
@@ -975,11 +958,7 @@ impl Harness {
                     )
                 })?;
             let ok = out.exit == Some(0) && !out.timed_out;
-            let ended = match (out.exit, out.timed_out) {
-                (_, true) => "timed out".to_string(),
-                (Some(c), _) => format!("exit {c}"),
-                (None, _) => "killed".to_string(),
-            };
+            let ended = broker::ended(&out);
             if let Some(step) = step {
                 marks.describe(step, &format!("validate: {command} → {ended}"));
             }

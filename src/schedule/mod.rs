@@ -249,7 +249,7 @@ impl Scheduler {
             });
             let mut items = BTreeMap::new();
             for key in keys(&defs) {
-                let same = defined(&old.defs, &key) == defined(&defs, &key);
+                let same = same_definition(&old.defs, &defs, &key);
                 let mut item = match old.items.remove(&key) {
                     Some(i) if same => i,
                     Some(i) => Item { timer: None, ..i },
@@ -339,7 +339,8 @@ impl Scheduler {
             let now = now_ms();
             let (fires, next) = self.due(now);
             for f in fires {
-                self.submit(f);
+                // A refusal is logged and kept as the item's last result.
+                let _ = self.submit(f);
             }
             let wait = next.map_or(60_000, |n| (n - now_ms()).clamp(0, 60_000));
             tokio::select! {
@@ -411,7 +412,7 @@ impl Scheduler {
     }
 
     /// Submits a fire to the harness; a refusal ends it at once.
-    fn submit(&self, f: Fire) {
+    fn submit(&self, f: Fire) -> Result<TaskRow, crate::daemon::harness::Refused> {
         let mut metadata = f.metadata;
         if !f.common.consensus.is_empty() {
             let voters: Vec<Value> = f
@@ -427,13 +428,10 @@ impl Scheduler {
         }
         let request = Request {
             agent: f.agent.clone(),
-            kind: match f.key.parse::<Kind>() {
-                Ok(k) => k,
-                Err(why) => {
-                    tracing::error!("{why}");
-                    return;
-                }
-            },
+            kind: f
+                .key
+                .parse::<Kind>()
+                .map_err(crate::daemon::harness::Refused::Invalid)?,
             prompt: f.prompt,
             session: f.common.session.clone().or(f.session),
             message_id: None,
@@ -445,7 +443,7 @@ impl Scheduler {
         let result = self.harness.submit(request);
         let mut st = lock(&self.state);
         let st = &mut *st;
-        match result {
+        match &result {
             Ok(row) => {
                 st.running
                     .insert(row.id.clone(), (f.agent.clone(), f.key.clone()));
@@ -482,6 +480,7 @@ impl Scheduler {
                 }
             }
         }
+        result
     }
 
     /// Follows the harness's events: each dispatch end updates its item,
@@ -662,7 +661,7 @@ impl Scheduler {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                me.submit(fire);
+                let _ = me.submit(fire);
             });
         }
     }
@@ -1009,18 +1008,15 @@ impl Scheduler {
             interpolate(&trigger.common.body, &self.limits.prompt_env).trim_end(),
             String::from_utf8_lossy(body)
         );
-        let request = Request {
-            agent: agent.clone(),
-            kind: key.parse::<Kind>().map_err(|why| refusal(500, why))?,
+        let fired = self.submit(Fire {
+            agent,
+            key,
+            common: trigger.common,
             prompt,
-            session: trigger.common.session.clone(),
-            message_id: None,
+            session: None,
             metadata: Map::new(),
-            guest: trigger.common.guest.clone(),
-            model: trigger.common.model.clone(),
-            max_tokens: trigger.common.max_tokens,
-        };
-        let row = self.harness.submit(request).map_err(|r| {
+        });
+        let row = fired.map_err(|r| {
             // Not run: the sender may try the same delivery again.
             if let Some(id) = &delivery {
                 lock(&self.seen).forget(id);
@@ -1031,16 +1027,6 @@ impl Scheduler {
                 retry_after: Some(2),
             }
         })?;
-        let mut st = lock(&self.state);
-        st.running
-            .insert(row.id.clone(), (agent.clone(), key.clone()));
-        if let Some(item) = item_mut(&mut st, &agent, &key) {
-            item.fired += 1;
-            self.harness.metrics.scheduled(&agent, &key, "fired");
-            item.in_flight += 1;
-            item.last =
-                Some(json!({ "dispatch": row.id, "state": "submitted", "at": row.created_at }));
-        }
         Ok((row.id, row.context))
     }
 
@@ -1077,34 +1063,17 @@ impl Scheduler {
         };
         let mut metadata = Map::new();
         metadata.insert("cairn.manual".into(), json!(true));
-        let before = lock(&self.state).running.len();
-        self.submit(Fire {
-            agent: agent.clone(),
-            key: key.clone(),
+        let fired = self.submit(Fire {
+            agent,
+            key,
             prompt: interpolate(&common.body, &self.limits.prompt_env),
             common,
             session: None,
             metadata,
         });
-        let st = lock(&self.state);
-        if st.running.len() > before {
-            let item = st.agents.get(&agent).and_then(|a| a.items.get(&key));
-            if let Some(id) = item
-                .and_then(|i| i.last.as_ref())
-                .and_then(|l| l["dispatch"].as_str())
-            {
-                return Ok(id.to_string());
-            }
-        }
-        let why = st
-            .agents
-            .get(&agent)
-            .and_then(|a| a.items.get(&key))
-            .and_then(|i| i.last.as_ref())
-            .and_then(|l| l["error"].as_str())
-            .unwrap_or("refused")
-            .to_string();
-        Err(refusal(503, why))
+        fired
+            .map(|row| row.id)
+            .map_err(|r| refusal(503, r.to_string()))
     }
 
     /// What `GET /jobs` (`kind` = `job`) and the others list.
@@ -1286,18 +1255,17 @@ fn keys(defs: &Defs) -> Vec<String> {
     keys
 }
 
-/// An item's definition as comparable text (its Debug form), to tell
-/// whether an edit changed it.
-fn defined(defs: &Defs, key: &str) -> Option<String> {
+/// Whether an item is defined the same in both (or in neither).
+fn same_definition(a: &Defs, b: &Defs, key: &str) -> bool {
     let (kind, name) = key.split_once(':').unwrap_or((key, ""));
     match kind {
-        "heartbeat" => defs.heartbeat.as_ref().map(|d| format!("{d:?}")),
-        "job" => defs.jobs.get(name).map(|d| format!("{d:?}")),
-        "task" => defs.tasks.get(name).map(|d| format!("{d:?}")),
-        "trigger" => defs.triggers.get(name).map(|d| format!("{d:?}")),
-        "continuation" => defs.continuations.get(name).map(|d| format!("{d:?}")),
-        "webhook" => defs.webhooks.get(name).map(|d| format!("{d:?}")),
-        _ => None,
+        "heartbeat" => a.heartbeat == b.heartbeat,
+        "job" => a.jobs.get(name) == b.jobs.get(name),
+        "task" => a.tasks.get(name) == b.tasks.get(name),
+        "trigger" => a.triggers.get(name) == b.triggers.get(name),
+        "continuation" => a.continuations.get(name) == b.continuations.get(name),
+        "webhook" => a.webhooks.get(name) == b.webhooks.get(name),
+        _ => false,
     }
 }
 
@@ -1367,31 +1335,27 @@ fn redact(url: &str) -> String {
 /// Puts back, for each file that is invalid now, the definition it had
 /// when it was last valid.
 fn keep_last_good(old: &Defs, new: &mut Defs, invalid: &[String]) {
+    fn keep<T: Clone>(
+        old: &BTreeMap<String, T>,
+        new: &mut BTreeMap<String, T>,
+        file: &str,
+        file_of: impl Fn(&T) -> &str,
+    ) {
+        for (n, d) in old.iter().filter(|(_, d)| file_of(d) == file) {
+            new.entry(n.clone()).or_insert_with(|| d.clone());
+        }
+    }
     for file in invalid {
         if let Some(h) = old.heartbeat.as_ref().filter(|h| &h.common.file == file) {
             new.heartbeat.get_or_insert_with(|| h.clone());
         }
-        for (n, d) in old.jobs.iter().filter(|(_, d)| &d.common.file == file) {
-            new.jobs.entry(n.clone()).or_insert_with(|| d.clone());
-        }
-        for (n, d) in old.tasks.iter().filter(|(_, d)| &d.common.file == file) {
-            new.tasks.entry(n.clone()).or_insert_with(|| d.clone());
-        }
-        for (n, d) in old.triggers.iter().filter(|(_, d)| &d.common.file == file) {
-            new.triggers.entry(n.clone()).or_insert_with(|| d.clone());
-        }
-        for (n, d) in old
-            .continuations
-            .iter()
-            .filter(|(_, d)| &d.common.file == file)
-        {
-            new.continuations
-                .entry(n.clone())
-                .or_insert_with(|| d.clone());
-        }
-        for (n, d) in old.webhooks.iter().filter(|(_, d)| &d.file == file) {
-            new.webhooks.entry(n.clone()).or_insert_with(|| d.clone());
-        }
+        keep(&old.jobs, &mut new.jobs, file, |d| &d.common.file);
+        keep(&old.tasks, &mut new.tasks, file, |d| &d.common.file);
+        keep(&old.triggers, &mut new.triggers, file, |d| &d.common.file);
+        keep(&old.continuations, &mut new.continuations, file, |d| {
+            &d.common.file
+        });
+        keep(&old.webhooks, &mut new.webhooks, file, |d| &d.file);
     }
 }
 

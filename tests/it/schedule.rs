@@ -67,6 +67,13 @@ fn receiver() -> (u16, mpsc::Receiver<Received>) {
     (port, rx)
 }
 
+/// Writes `.cairn/agents/<agent>/<rel>`, making its directories.
+fn prompt_file(env: &crate::Env, agent: &str, rel: &str, text: &str) {
+    let path = env.ws(&format!(".cairn/agents/{agent}/{rel}"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
 const TRIGGER_SECRET: &str = "trigger-secret-for-tests";
 const HOOK_SECRET: &str = "hook-secret-for-tests";
 
@@ -74,27 +81,26 @@ const HOOK_SECRET: &str = "hook-secret-for-tests";
 fn a_signed_trigger_fires_a_continuation_and_a_signed_webhook() {
     let env = repo();
     let (port, received) = receiver();
-    let dir = env.ws(".cairn/agents/echo");
-    std::fs::create_dir_all(dir.join("triggers")).unwrap();
-    std::fs::create_dir_all(dir.join("continuations")).unwrap();
-    std::fs::create_dir_all(dir.join("webhooks")).unwrap();
-    std::fs::write(
-        dir.join("triggers/deploy.md"),
+    prompt_file(
+        &env,
+        "echo",
+        "triggers/deploy.md",
         "---\ndescription: a deploy finished\nsecret-env-var: CAIRN_TEST_TRIGGER_SECRET\nheaders: [X-Event]\n---\nA deploy happened.\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("continuations/review.md"),
+    );
+    prompt_file(
+        &env,
+        "echo",
+        "continuations/review.md",
         "---\ncontinues-after: trigger:deploy\n---\nReview the deploy.\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("webhooks/notify.md"),
-        format!(
+    );
+    prompt_file(
+        &env,
+        "echo",
+        "webhooks/notify.md",
+        &format!(
             "---\nurl: http://127.0.0.1:{port}/hook\nnotify-on-kind: [\"continuation:*\"]\nsecret-env-var: CAIRN_TEST_HOOK_SECRET\n---\n{{\"kind\": \"{{{{kind}}}}\", \"success\": {{{{success}}}}, \"reply\": \"{{{{reply_preview}}}}\"}}\n"
         ),
-    )
-    .unwrap();
+    );
     let allow = format!("127.0.0.1:{port}");
     let d = try_start_with(
         &env,
@@ -266,13 +272,12 @@ fn a_signed_trigger_fires_a_continuation_and_a_signed_webhook() {
 fn invalid_prompt_files_refuse_the_start_and_keep_the_last_good_version_on_reload() {
     let env = repo();
     agent(&env, "echo", "[guests.main]\nimage = \"echo\"\n");
-    let jobs = env.ws(".cairn/agents/echo/jobs");
-    std::fs::create_dir_all(&jobs).unwrap();
-    std::fs::write(
-        jobs.join("nightly.md"),
+    prompt_file(
+        &env,
+        "echo",
+        "jobs/nightly.md",
         "---\nschedule: \"0 3 * * *\"\ntimezone: Mars/Base\n---\nx\n",
-    )
-    .unwrap();
+    );
     let out = try_start(&env, &[])
         .err()
         .expect("cairn up started on an invalid file");
@@ -293,11 +298,12 @@ fn invalid_prompt_files_refuse_the_start_and_keep_the_last_good_version_on_reloa
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nightly.md:3: timezone"));
 
-    std::fs::write(
-        jobs.join("nightly.md"),
+    prompt_file(
+        &env,
+        "echo",
+        "jobs/nightly.md",
         "---\nschedule: \"0 3 * * *\"\n---\nTidy up.\n",
-    )
-    .unwrap();
+    );
     let d = start(&env, &[]);
     d.wait_ready();
     let (_, v) = d.get("/jobs", Some(&d.observe));
@@ -311,11 +317,12 @@ fn invalid_prompt_files_refuse_the_start_and_keep_the_last_good_version_on_reloa
     );
     // A bad edit: the last good version stays registered, the error is
     // reported.
-    std::fs::write(
-        jobs.join("nightly.md"),
+    prompt_file(
+        &env,
+        "echo",
+        "jobs/nightly.md",
         "---\nschedule: \"0 25 * * *\"\n---\nTidy up.\n",
-    )
-    .unwrap();
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = d.get("/health/ready", None);
@@ -358,10 +365,8 @@ fn the_example_agent_directory_is_valid() {
 fn a_trigger_is_refused_while_it_runs_past_one_mib_and_without_auth_configured() {
     let env = repo();
     crate::daemon::wat_agent(&env, "slow", "writer.wat", "", "timeout_secs = 120\n");
-    let triggers = env.ws(".cairn/agents/slow/triggers");
-    std::fs::create_dir_all(&triggers).unwrap();
     // The writer guest blocks on its first line, `wait`.
-    std::fs::write(triggers.join("hold.md"), "wait\n").unwrap();
+    prompt_file(&env, "slow", "triggers/hold.md", "wait\n");
     let d = start(&env, &[]);
     d.wait_ready();
     let post = |body: Vec<u8>| {
@@ -459,14 +464,13 @@ fn max_tokens_caps_a_dispatch_and_ends_it_budget_exceeded_with_its_partial_reply
             ask.display()
         ),
     );
-    let jobs = env.ws(".cairn/agents/asker/jobs");
-    std::fs::create_dir_all(&jobs).unwrap();
-    std::fs::write(
-        jobs.join("capped.md"),
+    prompt_file(
+        &env,
+        "asker",
+        "jobs/capped.md",
         // Once a year: it runs here by hand.
         "---\nschedule: \"0 0 1 1 *\"\nmax-tokens: 300\n---\nREPEAT 6 Say hello.\n",
-    )
-    .unwrap();
+    );
     std::fs::write(env.ws("notes.txt"), "before\n").unwrap();
     let d = start(&env, &[]);
     d.wait_ready();
@@ -510,13 +514,12 @@ fn panel(env: &crate::Env, image: &std::path::Path, consensus: &str, prompt: &st
         "panel",
         &format!("{guests}[routing]\ndefault = \"g1\"\n"),
     );
-    let jobs = env.ws(".cairn/agents/panel/jobs");
-    std::fs::create_dir_all(&jobs).unwrap();
-    std::fs::write(
-        jobs.join("vote.md"),
-        format!("---\nschedule: \"0 0 1 1 *\"\nconsensus:\n{consensus}---\n{prompt}\n"),
-    )
-    .unwrap();
+    prompt_file(
+        env,
+        "panel",
+        "jobs/vote.md",
+        &format!("---\nschedule: \"0 0 1 1 *\"\nconsensus:\n{consensus}---\n{prompt}\n"),
+    );
 }
 
 #[test]
@@ -575,22 +578,21 @@ fn consensus_of_three_guests_takes_the_majority_or_merges_free_answers() {
 #[test]
 fn a_continuation_chain_that_comes_back_to_itself_is_stopped_and_reported() {
     let env = repo();
-    let dir = env.ws(".cairn/agents/echo");
-    std::fs::create_dir_all(dir.join("continuations")).unwrap();
-    std::fs::create_dir_all(dir.join("jobs")).unwrap();
     // pong-kick (a job run once at start) → ping → pong → ping: stopped
     // there. (`*pong*` matches the job and pong, not ping itself.)
-    std::fs::write(dir.join("jobs/pong-kick.md"), "Start.\n").unwrap();
-    std::fs::write(
-        dir.join("continuations/ping.md"),
+    prompt_file(&env, "echo", "jobs/pong-kick.md", "Start.\n");
+    prompt_file(
+        &env,
+        "echo",
+        "continuations/ping.md",
         "---\ncontinues-after: \"*pong*\"\n---\nPing.\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("continuations/pong.md"),
+    );
+    prompt_file(
+        &env,
+        "echo",
+        "continuations/pong.md",
         "---\ncontinues-after: continuation:ping\n---\nPong.\n",
-    )
-    .unwrap();
+    );
     let d = start(&env, &[]);
     d.wait_ready();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -638,13 +640,12 @@ fn pending_webhook_deliveries_survive_a_kill_9_and_are_delivered_after_restart()
         .local_addr()
         .unwrap()
         .port();
-    let dir = env.ws(".cairn/agents/echo/webhooks");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("notify.md"),
-        format!("---\nurl: http://127.0.0.1:{port}/hook\nnotify-when: always\nretries: 20\n---\n"),
-    )
-    .unwrap();
+    prompt_file(
+        &env,
+        "echo",
+        "webhooks/notify.md",
+        &format!("---\nurl: http://127.0.0.1:{port}/hook\nnotify-when: always\nretries: 20\n---\n"),
+    );
     let allow = format!("127.0.0.1:{port}");
     let d = start(&env, &["--webhook-allow-host", &allow]);
     d.wait_ready();
