@@ -14,6 +14,12 @@
 //! "timed_out", "step", "confinement"}`; 403 `{"error"}` when the policy
 //! refuses (naming the line that would allow it) or no confinement is
 //! available; 400 for a malformed request.
+//!
+//! `POST /v1/step {"tool", "detail"?}` opens a `tool-call` step before a
+//! tool the guest runs itself (a file edit, a read), so what each tool call
+//! changed is a step of its own, named `tool: detail` in `cairn log`.
+//! Answers 200 `{"step"}` (null when the timeline could not mark it); any
+//! guest may call it, with or without `[tools]`.
 
 pub mod confine;
 
@@ -97,15 +103,61 @@ pub fn ended(out: &confine::Output) -> String {
 
 /// A command as a step's detail: its words, cut to 200 characters.
 fn shown(argv: &[String]) -> String {
-    let text = argv.join(" ");
-    if text.chars().count() > 200 {
-        format!("{}…", text.chars().take(200).collect::<String>())
+    cut(&argv.join(" "), DETAIL_MAX)
+}
+
+/// `text` cut to `max` characters, with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() > max {
+        format!("{}…", text.chars().take(max).collect::<String>())
     } else {
-        text
+        text.to_string()
     }
 }
 
+/// Longest tool name and detail a step takes from a guest.
+const TOOL_NAME_MAX: usize = 64;
+const DETAIL_MAX: usize = 200;
+
 impl Broker {
+    /// `POST /v1/step`: a step boundary for a tool call made in the guest.
+    async fn step(&self, body: Bytes) -> Response {
+        let v: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+        };
+        let tool = v["tool"].as_str().unwrap_or("");
+        let named = !tool.is_empty()
+            && tool.len() <= TOOL_NAME_MAX
+            && tool
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        if !named {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`tool` must be a tool's name (letters, digits, `_`, `-`, `.`; at most {TOOL_NAME_MAX})"
+                ),
+            );
+        }
+        let detail = match &v["detail"] {
+            Value::Null => String::new(),
+            Value::String(d) => d.clone(),
+            _ => return problem(StatusCode::BAD_REQUEST, "`detail` must be a string"),
+        };
+        let detail: String = detail
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let shown = if detail.trim().is_empty() {
+            tool.to_string()
+        } else {
+            format!("{tool}: {}", cut(detail.trim(), DETAIL_MAX))
+        };
+        let step = open_step(&self.marks, shown).await;
+        web::json_response(StatusCode::OK, &json!({ "step": step }))
+    }
+
     async fn run(&self, body: Bytes) -> Response {
         let Some(tools) = &self.tools else {
             return problem(
@@ -223,10 +275,11 @@ impl LocalHttp for Arc<Broker> {
             let path = req.uri().path().trim_end_matches('/').to_string();
             match (req.method(), path.as_str()) {
                 (&http::Method::POST, "/v1/run") => me.run(req.into_body()).await,
+                (&http::Method::POST, "/v1/step") => me.step(req.into_body()).await,
                 _ => problem(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "no endpoint {} {path} (the broker serves POST /v1/run)",
+                        "no endpoint {} {path} (the broker serves POST /v1/run and /v1/step)",
                         req.method()
                     ),
                 ),

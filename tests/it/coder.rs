@@ -104,7 +104,37 @@ fn the_coder_fixes_a_failing_test_through_the_broker_and_every_step_is_logged() 
     let log = String::from_utf8_lossy(&log.stdout).into_owned();
     assert_eq!(log.matches("model-call").count(), 4, "{log}");
     assert!(log.contains("run: cargo test --offline → exit 0"), "{log}");
-    assert!(log.contains("src/lib.rs"), "{log}");
+    // Each tool call is a step; the edit's change is in the edit's step.
+    let lines: Vec<&str> = log.lines().collect();
+    let read = lines
+        .iter()
+        .position(|l| l.contains("tool-call  0 change(s)  read_file: src/lib.rs"));
+    assert!(read.is_some(), "{log}");
+    let edit = lines
+        .iter()
+        .position(|l| l.contains("tool-call  1 change(s)  edit_file: src/lib.rs"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(lines[edit + 1].trim(), "M src/lib.rs", "{log}");
+    // `cairn diff --dispatch` shows each step with its tool call, and the edit.
+    let diff = env
+        .cairn()
+        .args(["diff", "--dispatch", id])
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    let diff = String::from_utf8_lossy(&diff.stdout).into_owned();
+    let at = diff
+        .find("tool-call: edit_file: src/lib.rs), 1 change(s)")
+        .unwrap_or_else(|| panic!("{diff}"));
+    assert!(diff[at..].contains("-    a - b\n+    a + b\n"), "{diff}");
+    assert!(
+        diff.contains("tool-call: run: cargo test --offline → exit 0"),
+        "{diff}"
+    );
 }
 
 #[test]

@@ -290,13 +290,16 @@ impl Agent<'_> {
                 return Err(message);
             }
             Verdict::Refuse(message) => Err(message),
-            Verdict::Run => match self.tools.call(&call.name, &call.arguments) {
-                Outcome::Finish(summary) => {
-                    self.report(call, &Ok(summary.clone()));
-                    return Ok(Some(summary));
+            Verdict::Run => {
+                self.open_step(call);
+                match self.tools.call(&call.name, &call.arguments) {
+                    Outcome::Finish(summary) => {
+                        self.report(call, &Ok(summary.clone()));
+                        return Ok(Some(summary));
+                    }
+                    Outcome::Done(result) => result,
                 }
-                Outcome::Done(result) => result,
-            },
+            }
         };
         self.report(call, &result);
         let content = match &result {
@@ -312,6 +315,36 @@ impl Agent<'_> {
             content,
         });
         Ok(None)
+    }
+
+    /// Asks the broker to open a step for a tool the guest runs itself, so
+    /// what the call changes is a step of its own on the timeline (`run`
+    /// gets its step from the broker, `finish` changes nothing). Best
+    /// effort: without a broker the changes join the model call's step.
+    fn open_step(&self, call: &ToolCall) {
+        let (Some(broker), false) = (
+            self.config.broker.as_deref(),
+            matches!(call.name.as_str(), "run" | "finish"),
+        ) else {
+            return;
+        };
+        let url = format!("{}/v1/step", broker.trim_end_matches('/'));
+        let body = json!({
+            "tool": call.name,
+            "detail": tools::describe(&call.name, &call.arguments),
+        });
+        match self.http.post(&url, body.to_string().as_bytes()) {
+            Ok((200, _)) => {}
+            Ok((status, bytes)) => eprintln!(
+                "coder: turn {}: the broker did not open a step ({status}): {}",
+                self.turn,
+                text::one_line(&String::from_utf8_lossy(&bytes), 200)
+            ),
+            Err(e) => eprintln!(
+                "coder: turn {}: the broker did not open a step: {e}",
+                self.turn
+            ),
+        }
     }
 
     /// The `tool` event and the log line for a call's result.
@@ -459,6 +492,15 @@ mod tests {
                 "http://broker/v1/run".to_string(),
                 json!({"argv": ["cargo", "test"], "timeout_secs": 120})
             )]
+        );
+
+        assert_eq!(
+            http.step_requests(),
+            [
+                json!({"tool": "read_file", "detail": "src/lib.rs"}),
+                json!({"tool": "edit_file", "detail": "src/lib.rs"}),
+            ],
+            "each tool the guest runs itself opens a step; `run` and `finish` do not"
         );
 
         let requests = http.model_requests();

@@ -116,12 +116,21 @@ impl FakeHttp {
             .collect()
     }
 
-    /// The bodies sent to the broker, in order.
+    /// The bodies sent to the broker's `/v1/run`, in order.
     pub fn broker_requests(&self) -> Vec<(String, Value)> {
+        self.sent_to("/v1/run")
+    }
+
+    /// The bodies sent to the broker's `/v1/step`, in order.
+    pub fn step_requests(&self) -> Vec<Value> {
+        self.sent_to("/v1/step").into_iter().map(|(_, b)| b).collect()
+    }
+
+    fn sent_to(&self, suffix: &str) -> Vec<(String, Value)> {
         self.requests
             .borrow()
             .iter()
-            .filter(|(url, _)| url.ends_with("/v1/run"))
+            .filter(|(url, _)| url.ends_with(suffix))
             .cloned()
             .collect()
     }
@@ -131,6 +140,10 @@ impl Post for FakeHttp {
     fn post(&self, url: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
         let json: Value = serde_json::from_slice(body).expect("requests are JSON");
         self.requests.borrow_mut().push((url.to_string(), json));
+        if url.ends_with("/v1/step") {
+            let n = self.requests.borrow().len();
+            return Ok((200, json!({ "step": n }).to_string().into_bytes()));
+        }
         let script = if url.ends_with("/chat/completions") {
             &self.model
         } else if url.ends_with("/v1/run") {
