@@ -9,18 +9,35 @@ use std::path::{Path, PathBuf};
 use crate::image::ImageRef;
 use crate::sandbox::GuestSource;
 
-/// A guest compiled into the cairn binary, as WAT text.
+/// A guest compiled into the cairn binary: WAT text or a `.wasm` binary.
 pub struct Bundled {
     pub name: &'static str,
-    pub wat: &'static str,
+    pub bytes: &'static [u8],
 }
 
 /// The guests every cairn has, needing nothing else. `echo` replies with the
 /// prompt and the dispatch kind: the default when no model is configured.
-pub const BUNDLED: &[Bundled] = &[Bundled {
-    name: "echo",
-    wat: include_str!("../wat/echo.wat"),
-}];
+/// `coder` is the coding agent (`guests/coder`), built by `build.rs` when the
+/// `wasm32-wasip2` target is installed.
+pub const BUNDLED: &[Bundled] = &[
+    Bundled {
+        name: "echo",
+        bytes: include_bytes!("../wat/echo.wat"),
+    },
+    #[cfg(cairn_coder)]
+    Bundled {
+        name: CODER,
+        bytes: include_bytes!(concat!(env!("OUT_DIR"), "/coder.wasm")),
+    },
+];
+
+/// The bundled coding agent's name.
+pub const CODER: &str = "coder";
+
+/// Whether this build bundles the coder guest.
+pub fn has_coder() -> bool {
+    BUNDLED.iter().any(|b| b.name == CODER)
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum GuestRef {
@@ -69,7 +86,7 @@ impl GuestRef {
                 Ok(GuestSource {
                     name: b.name.to_string(),
                     origin: format!("bundled guest {}", b.name),
-                    bytes: Cow::Borrowed(b.wat.as_bytes()),
+                    bytes: Cow::Borrowed(b.bytes),
                     path: None,
                     sha256: None,
                 })
@@ -134,7 +151,7 @@ mod tests {
         assert!(
             GuestRef::parse("nosuchguest")
                 .unwrap_err()
-                .contains("bundled guest (echo)")
+                .contains("bundled guest (echo")
         );
         assert!(GuestRef::parse("").is_err());
     }

@@ -1,6 +1,7 @@
 //! cairn's HTTP plumbing: the body type every handler answers with, small
 //! constructors, reading a capped request body, and serving a handler on a
-//! TCP listener (HTTP/1.1 keep-alive and HTTP/2 cleartext).
+//! TCP listener (HTTP/1.1 keep-alive and HTTP/2 cleartext); and the one
+//! way outbound HTTP clients are begun.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,15 @@ use tokio::net::TcpListener;
 /// The body of every response cairn writes: whole or streamed.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub type Response = http::Response<Body>;
+
+/// A reqwest client builder for cairn's outbound calls: rustls on ring
+/// (installed process-wide here, once; installing again is harmless), and
+/// no proxy from the environment (loopback and in-cluster calls must not
+/// be routed through one).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy()
+}
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

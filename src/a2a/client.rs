@@ -949,9 +949,7 @@ mod tests {
     }
 
     fn reqwest_client() -> reqwest::Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder()
-            .no_proxy()
+        crate::web::client_builder()
             .connect_timeout(Duration::from_secs(2))
             .build()
             .expect("client")

@@ -4,10 +4,12 @@
 //!
 //! - [`config`]: reads and checks one agent, or all of them, refusing every
 //!   mistake with its file, line and field.
-//! - [`scaffold`]: `cairn init`, an example agent to learn the format from.
+//! - [`scaffold`]: `cairn init`, an example agent to learn the format from,
+//!   and the coder agent when [`setup`] finds a model for it.
 
 pub mod config;
 pub mod scaffold;
+pub mod setup;
 
 pub use config::{
     AgentConfig, ConfigError, GuestEntry, GuestSource, Isolation, Route, RouteKind, Skill,

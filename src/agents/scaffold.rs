@@ -1,6 +1,8 @@
 //! `cairn init`: a `.cairn/` directory with one working agent, `echo`,
 //! whose files document every field as commented examples, so the format is
-//! learned from the files themselves rather than from a manual.
+//! learned from the files themselves rather than from a manual; and, when a
+//! model is configured ([`super::setup`]), the `coder` agent running the
+//! bundled coding guest, reachable by A2A and by a trigger.
 //!
 //! Examples are written `#key = value` (no space after `#`), prose
 //! `# text`: removing the `#` of the examples gives a valid file.
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use super::config::{AGENT_FILE, CARD_FILE, INSTRUCTIONS_FILE, MEMORY_DIR, agents_dir};
+use super::setup::Choice;
 
 /// The example agent's name.
 pub const EXAMPLE_AGENT: &str = "echo";
@@ -202,31 +205,243 @@ This directory defines the AI agents cairn runs on this repository.
 `agents/echo` works as is, with no model. Copy it to start a new agent; its
 agent.toml shows every setting as a commented example. A mistake in any file
 is reported with its file, line and field.
+
+`agents/coder`, written when `cairn init` found a model (an API key in the
+environment, a local Ollama, or models in `sidecar.toml`), runs cairn's
+bundled coding agent: ask it by A2A (`/a2a/coder`) or by its trigger
+(`POST /triggers/coder`); `cairn log` and `cairn diff --dispatch ID` show
+each of its steps, `cairn rollback` undoes any of them.
 ";
 
-/// `cairn init`: writes `.cairn/` into `repo` with the example agent `echo`,
-/// a commented `sidecar.toml` and a README. Refuses, writing nothing, when
-/// `.cairn/agents/echo` exists; never overwrites an existing sidecar.toml or
-/// README. Returns the paths written.
-pub fn scaffold(repo: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// The coder agent's name.
+pub const CODER_AGENT: &str = "coder";
+
+/// `.cairn/agents/coder/agent-card.md`.
+pub const CODER_CARD: &str = "# Coder
+
+Changes this repository's code on request: reads it, edits it, runs its
+tests through cairn's tool broker, and says what it changed. Every tool call
+is a step of cairn's timeline, so any of it can be looked at and undone.
+
+## Skills
+
+- **change-code**: Fixes a bug or makes a change described in plain words,
+  then runs the tests.
+- **explain-code**: Answers questions about the code, citing files and lines.
+";
+
+/// `.cairn/agents/coder/instructions.md`.
+pub const CODER_INSTRUCTIONS: &str = "# Instructions
+
+Standing instructions for the coder, given with every dispatch (after the
+repository's `AGENTS.md`, when there is one).
+
+- Read the code before changing it; make the smallest change that does what
+  was asked, in the style of the code around it.
+- Run the tests after a change, and say in your summary whether they pass.
+- Leave files unrelated to the request alone.
+- Write what you learn about this repository with `remember`.
+";
+
+/// `.cairn/agents/coder/triggers/change.md`: `POST /triggers/coder`.
+pub const CODER_TRIGGER: &str = "---
+description: a change request (POST /triggers/coder, the request as the body), authorised by the invoke token or an X-Hub-Signature-256 made with the secret in $CODER_TRIGGER_SECRET
+endpoint: coder
+secret-env-var: CODER_TRIGGER_SECRET
+---
+A change was requested through the `coder` trigger. Make it, run the tests,
+and finish with a summary of what you changed.
+";
+
+/// The programs a repository's files say it is built and tested with, and
+/// its test command: the coder's `[tools] allow` and suggested `validate`.
+fn toolchain(repo: &Path) -> (Vec<&'static str>, Option<&'static str>) {
+    let has = |f: &str| repo.join(f).exists();
+    let mut allow = Vec::new();
+    let mut test = None;
+    let mut add = |programs: &[&'static str], command: &'static str| {
+        allow.extend_from_slice(programs);
+        test.get_or_insert(command);
+    };
+    if has("Cargo.toml") {
+        add(&["cargo"], "cargo test");
+    }
+    if has("package.json") {
+        add(&["npm", "npx", "node"], "npm test");
+    }
+    if has("pyproject.toml") || has("setup.py") || has("requirements.txt") {
+        add(&["python3", "pytest"], "python3 -m pytest");
+    }
+    if has("go.mod") {
+        add(&["go"], "go test ./...");
+    }
+    if has("Makefile") {
+        add(&["make"], "make test");
+    }
+    allow.push("git");
+    (allow, test)
+}
+
+/// `.cairn/agents/coder/agent.toml` for `model`, with `repo`'s toolchain.
+pub fn coder_toml(repo: &Path, model: &Choice) -> String {
+    let (allow, test) = toolchain(repo);
+    let allow: Vec<String> = allow.iter().map(|p| format!("\"{p}\"")).collect();
+    let validate = match test {
+        Some(t) => format!(
+            "# After a dispatch that changed files, these run; a failure rolls the\n\
+             # dispatch back, or (retry_on_fail) is fed back to the coder to fix.\n\
+             #validate = [\"{t}\"]\n#retry_on_fail = 1\n"
+        ),
+        None => "# After a dispatch that changed files, these run; a failure rolls the\n\
+                 # dispatch back, or (retry_on_fail) is fed back to the coder to fix.\n\
+                 #validate = [\"make test\"]\n#retry_on_fail = 1\n"
+            .to_string(),
+    };
+    let budget = match model {
+        Choice::New(p) if p.paid() => {
+            let usd = if p.price.is_some() {
+                "usd_per_day = 10\n"
+            } else {
+                ""
+            };
+            format!(
+                "\n# What the coder may spend on its model: calls past it are refused.\n\
+                 [budget]\ntokens_per_day = 2000000\n{usd}on_exceeded = \"stop\"\n"
+            )
+        }
+        _ => "\n# What the coder may spend on its model (see echo's agent.toml).\n\
+              #[budget]\n#tokens_per_day = 2000000\n#on_exceeded = \"stop\"\n"
+            .to_string(),
+    };
+    format!(
+        r#"# The coder agent: cairn's bundled coding agent. It reads and edits the
+# repository's files, runs what [tools] allows through cairn's tool broker
+# (confined: writes only in the repository and a private temp dir, no
+# network), and finishes with a summary. Each model call and each tool call
+# is a step of the timeline: `cairn log`, `cairn diff --dispatch ID` and
+# `cairn rollback` show and undo any of it.
+#
+# Reach it by A2A (/a2a/coder) or by its trigger (POST /triggers/coder).
+# Its model: {described}.
+
+description = "Changes the code on request: fixes bugs, makes changes, runs the tests"
+
+# Dispatches run in the repository itself, one at a time. "worktree" runs
+# each on a branch of its own instead, committed with the coder's summary.
+#isolation = "worktree"
+
+[guests.coder]
+image = "coder"
+model = "{alias}"
+timeout_secs = 1800
+memory_mib = 1024
+#max_tokens = 8192
+
+[tools]
+mode = "workspace-write"
+allow = [{allow}]
+timeout_secs = 600
+# Commands get no network; a build that fetches dependencies needs it.
+#network = true
+{validate}{budget}"#,
+        described = model.describe(),
+        alias = model.alias(),
+        allow = allow.join(", "),
+    )
+}
+
+/// How one scaffolded file is written.
+#[derive(Clone, Copy, PartialEq)]
+enum Policy {
+    /// Part of a new agent: created, never over an existing file.
+    New,
+    /// The user's once written (README): left as it is.
+    Keep,
+    /// `sidecar.toml` declaring a model: written unless the file defines
+    /// something (absent or only comments is replaced).
+    UnlessDefined,
+}
+
+/// `cairn init`: writes `.cairn/` into `repo`: the example agent `echo`
+/// unless it exists, and with `coder` (a model for it) the coder agent
+/// unless it exists; a `sidecar.toml` (declaring the coder's provider when
+/// it is a new one, else commented) and a README, never over the user's
+/// own. Refuses, writing nothing, when there is no agent to add. A failure
+/// halfway takes back what it wrote. Returns the paths written.
+pub fn scaffold(repo: &Path, coder: Option<&Choice>) -> anyhow::Result<Vec<PathBuf>> {
     let cairn = repo.join(".cairn");
     let agents = agents_dir(repo);
     let echo = agents.join(EXAMPLE_AGENT);
-    if echo.symlink_metadata().is_ok() {
+    let coder_dir = agents.join(CODER_AGENT);
+    let echo_new = echo.symlink_metadata().is_err();
+    let coder = coder.filter(|_| coder_dir.symlink_metadata().is_err());
+    if !echo_new && coder.is_none() {
         bail!(
             "{} already exists; nothing written (remove it to start over)",
             echo.display()
         );
     }
-    let memory = echo.join(MEMORY_DIR);
+    let mut dirs: Vec<PathBuf> = vec![cairn.clone(), agents.clone()];
+    let mut files: Vec<(PathBuf, String, Policy)> = Vec::new();
+    if echo_new {
+        let memory = echo.join(MEMORY_DIR);
+        dirs.extend([echo.clone(), memory.clone()]);
+        files.extend([
+            (echo.join(AGENT_FILE), AGENT_TOML.to_string(), Policy::New),
+            (echo.join(CARD_FILE), AGENT_CARD.to_string(), Policy::New),
+            (
+                echo.join(INSTRUCTIONS_FILE),
+                INSTRUCTIONS.to_string(),
+                Policy::New,
+            ),
+            (memory.join(".gitkeep"), String::new(), Policy::New),
+        ]);
+    }
+    let mut sidecar = (SIDECAR_TOML.to_string(), Policy::Keep);
+    if let Some(model) = coder {
+        let memory = coder_dir.join(MEMORY_DIR);
+        let triggers = coder_dir.join("triggers");
+        dirs.extend([coder_dir.clone(), memory.clone(), triggers.clone()]);
+        files.extend([
+            (
+                coder_dir.join(AGENT_FILE),
+                coder_toml(repo, model),
+                Policy::New,
+            ),
+            (
+                coder_dir.join(CARD_FILE),
+                CODER_CARD.to_string(),
+                Policy::New,
+            ),
+            (
+                coder_dir.join(INSTRUCTIONS_FILE),
+                CODER_INSTRUCTIONS.to_string(),
+                Policy::New,
+            ),
+            (memory.join(".gitkeep"), String::new(), Policy::New),
+            (
+                triggers.join("change.md"),
+                CODER_TRIGGER.to_string(),
+                Policy::New,
+            ),
+        ]);
+        if let Choice::New(p) = model {
+            sidecar = (
+                super::setup::sidecar_toml(p, SIDECAR_TOML),
+                Policy::UnlessDefined,
+            );
+        }
+    }
+    files.push((cairn.join("sidecar.toml"), sidecar.0, sidecar.1));
+    files.push((cairn.join("README.md"), README.to_string(), Policy::Keep));
+
     // Directories made here, so a failure halfway takes them back.
-    let mut created: Vec<PathBuf> = [&cairn, &agents, &echo, &memory]
+    let mut created: Vec<PathBuf> = dirs
         .into_iter()
         .filter(|d| d.symlink_metadata().is_err())
-        .cloned()
         .collect();
     let mut written = Vec::new();
-    let result = write_all(&cairn, &echo, &memory, &mut written);
+    let result = write_all(repo, &created, &files, &mut written);
     if result.is_err() {
         for path in written.iter().rev() {
             let _ = std::fs::remove_file(path);
@@ -240,30 +455,28 @@ pub fn scaffold(repo: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn write_all(
-    cairn: &Path,
-    echo: &Path,
-    memory: &Path,
+    repo: &Path,
+    dirs: &[PathBuf],
+    files: &[(PathBuf, String, Policy)],
     written: &mut Vec<PathBuf>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(memory)
-        .with_context(|| format!("cannot create {}", memory.display()))?;
-    let files = [
-        (echo.join(AGENT_FILE), AGENT_TOML, true),
-        (echo.join(CARD_FILE), AGENT_CARD, true),
-        (echo.join(INSTRUCTIONS_FILE), INSTRUCTIONS, true),
-        (memory.join(".gitkeep"), "", true),
-        (cairn.join("sidecar.toml"), SIDECAR_TOML, false),
-        (cairn.join("README.md"), README, false),
-    ];
-    for (path, text, required) in files {
+    for dir in dirs {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for (path, text, policy) in files {
+        let replace = *policy == Policy::UnlessDefined && super::setup::sidecar_is_blank(repo);
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
-            .open(&path);
+            .create_new(!replace)
+            .create(replace)
+            .truncate(replace)
+            .open(path);
         let mut file = match file {
             Ok(f) => f,
             // The user's own sidecar.toml or README stays.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !required => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && *policy != Policy::New => {
+                continue;
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
         };
         written.push(path.clone());
@@ -297,7 +510,7 @@ mod tests {
     #[test]
     fn the_scaffolded_agent_loads_as_written() {
         let repo = tempfile::tempdir().unwrap();
-        let written = scaffold(repo.path()).unwrap();
+        let written = scaffold(repo.path(), None).unwrap();
         let rel: Vec<_> = written
             .iter()
             .map(|p| p.strip_prefix(repo.path()).unwrap().to_str().unwrap())
@@ -341,7 +554,7 @@ mod tests {
     #[test]
     fn the_commented_examples_are_valid() {
         let repo = tempfile::tempdir().unwrap();
-        scaffold(repo.path()).unwrap();
+        scaffold(repo.path(), None).unwrap();
         let toml = agents_dir(repo.path()).join("echo").join(AGENT_FILE);
         std::fs::write(&toml, uncomment(AGENT_TOML)).unwrap();
         let (agents, errors) = load_all(repo.path());
@@ -384,25 +597,127 @@ mod tests {
     #[test]
     fn init_refuses_over_an_existing_agent_and_keeps_user_files() {
         let repo = tempfile::tempdir().unwrap();
-        scaffold(repo.path()).unwrap();
+        scaffold(repo.path(), None).unwrap();
         let readme = repo.path().join(".cairn/README.md");
         std::fs::write(&readme, "mine").unwrap();
-        let e = scaffold(repo.path()).unwrap_err().to_string();
+        let e = scaffold(repo.path(), None).unwrap_err().to_string();
         assert!(e.contains("already exists; nothing written"), "{e}");
         assert_eq!(std::fs::read_to_string(&readme).unwrap(), "mine");
 
         // Without the echo agent, init writes it and leaves the user's files.
         std::fs::remove_dir_all(agents_dir(repo.path()).join("echo")).unwrap();
-        let written = scaffold(repo.path()).unwrap();
+        let written = scaffold(repo.path(), None).unwrap();
         assert_eq!(written.len(), 4);
         assert_eq!(std::fs::read_to_string(&readme).unwrap(), "mine");
+    }
+
+    fn anthropic() -> Choice {
+        let env = |name: &str| (name == "ANTHROPIC_API_KEY").then(|| "k".to_string());
+        crate::agents::setup::choose(&Default::default(), &[], &env, &|_| None)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn with_a_model_the_coder_agent_is_written_and_loads_with_its_trigger() {
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::write(repo.path().join("Cargo.toml"), "").unwrap();
+        std::fs::write(repo.path().join("Makefile"), "").unwrap();
+        let model = anthropic();
+        let written = scaffold(repo.path(), Some(&model)).unwrap();
+        let rel: Vec<_> = written
+            .iter()
+            .map(|p| p.strip_prefix(repo.path()).unwrap().to_str().unwrap())
+            .collect();
+        assert!(
+            rel.contains(&".cairn/agents/coder/triggers/change.md"),
+            "{rel:?}"
+        );
+        assert!(rel.contains(&".cairn/agents/echo/agent.toml"), "{rel:?}");
+
+        let (agents, errors) = load_all(repo.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        let coder = &agents["coder"];
+        assert_eq!(coder.display_name, "Coder");
+        assert_eq!(
+            coder.guests["coder"].source,
+            GuestSource::Image("coder".into())
+        );
+        assert_eq!(coder.guests["coder"].model.as_deref(), Some("smart"));
+        let tools = coder.tools.as_ref().unwrap();
+        assert_eq!(tools.allow, ["cargo", "make", "git"]);
+        assert!(!tools.network);
+        assert!(tools.validate.is_empty(), "validation is suggested, not on");
+        let budget = coder.budget.as_ref().unwrap();
+        assert_eq!(budget.on_exceeded, OnExceeded::Stop);
+
+        // The trigger and every prompt file are valid, and the sidecar
+        // declares the model the coder names.
+        let report = crate::schedule::validate(repo.path(), &[]);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(
+            report.summary.contains("1 trigger(s)"),
+            "{}",
+            report.summary
+        );
+        let sidecar = crate::sidecar::config::Config::parse(
+            &std::fs::read_to_string(repo.path().join(".cairn/sidecar.toml")).unwrap(),
+            "sidecar.toml",
+            &|_| Some("k".into()),
+        )
+        .unwrap();
+        assert!(sidecar.models.contains_key("smart"));
+
+        // Uncommenting the coder's examples gives a valid agent too.
+        let toml = agents_dir(repo.path()).join("coder").join(AGENT_FILE);
+        let text = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(&toml, uncomment(&text)).unwrap();
+        let (agents, errors) = load_all(repo.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        let tools = agents["coder"].tools.clone().unwrap();
+        assert_eq!(tools.validate, ["cargo test"]);
+        assert_eq!(agents["coder"].isolation, Isolation::Worktree);
+    }
+
+    #[test]
+    fn a_second_init_adds_the_coder_and_replaces_only_a_blank_sidecar() {
+        let repo = tempfile::tempdir().unwrap();
+        scaffold(repo.path(), None).unwrap();
+        let sidecar = repo.path().join(".cairn/sidecar.toml");
+        assert!(crate::agents::setup::sidecar_is_blank(repo.path()));
+        // Echo exists: with a model, the coder is still added, and the
+        // commented sidecar.toml replaced by one declaring the model.
+        let written = scaffold(repo.path(), Some(&anthropic())).unwrap();
+        assert!(written.contains(&sidecar), "{written:?}");
+        assert!(
+            std::fs::read_to_string(&sidecar)
+                .unwrap()
+                .contains("[models.smart]")
+        );
+        // Both exist: nothing to do.
+        let e = scaffold(repo.path(), Some(&anthropic()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already exists; nothing written"), "{e}");
+
+        // A sidecar.toml that defines something is the user's: kept.
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(repo.path().join(".cairn")).unwrap();
+        let mine = "[models.mine]\nprovider = \"p\"\nmodel = \"m\"\n";
+        std::fs::write(repo.path().join(".cairn/sidecar.toml"), mine).unwrap();
+        let written = scaffold(repo.path(), Some(&anthropic())).unwrap();
+        assert!(!written.iter().any(|p| p.ends_with("sidecar.toml")));
+        assert_eq!(
+            std::fs::read_to_string(repo.path().join(".cairn/sidecar.toml")).unwrap(),
+            mine
+        );
     }
 
     #[test]
     fn init_creates_missing_parents() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = tmp.path().join("a/b/repo");
-        scaffold(&repo).unwrap();
+        scaffold(&repo, None).unwrap();
         assert!(repo.join(".cairn/agents/echo/memory/.gitkeep").is_file());
     }
 }

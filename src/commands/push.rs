@@ -1,17 +1,17 @@
-//! `cairn push <file.wasm|file.wat> <ref>`: publishes a guest as a CNCF
-//! wasm artifact and prints the manifest digest.
-
-use std::path::PathBuf;
+//! `cairn push <file.wasm|file.wat|bundled> <ref>`: publishes a guest as a
+//! CNCF wasm artifact and prints the manifest digest. A bundled guest's
+//! name (`coder`, `echo`) publishes the one compiled into this binary.
 
 use crate::commands::{Global, block_on, utc};
 use crate::error::Failure;
-use crate::guest_ref::io_reason;
+use crate::guest_ref::GuestRef;
 use crate::image::{self, ImageRef};
 
 #[derive(clap::Args)]
 pub struct PushCommand {
-    /// The guest: a preview-1 module or preview-2 component, .wasm or .wat
-    pub file: PathBuf,
+    /// The guest: a preview-1 module or preview-2 component (.wasm or .wat),
+    /// or a bundled guest's name (coder, echo)
+    pub file: String,
     /// Where to push it: registry/repo:tag
     pub reference: String,
     /// Allow plain HTTP to the registry (always allowed for localhost)
@@ -22,20 +22,21 @@ pub struct PushCommand {
 impl PushCommand {
     pub fn execute(self, _global: &Global) -> Result<(), Failure> {
         let r = ImageRef::parse(&self.reference).map_err(Failure::Usage)?;
-        let bad = |why: String| Failure::Usage(format!("{}: {why}", self.file.display()));
-        let raw = std::fs::read(&self.file).map_err(|e| bad(io_reason(&e)))?;
-        let bytes = if self.file.extension().is_some_and(|e| e == "wat") {
-            wat::parse_bytes(&raw)
-                .map_err(|e| bad(e.to_string()))?
-                .into_owned()
-        } else {
-            raw
+        let bad = |why: String| Failure::Usage(format!("{}: {why}", self.file));
+        let guest = match GuestRef::parse(&self.file).map_err(Failure::Usage)? {
+            GuestRef::Image(_) => {
+                return Err(bad(
+                    "an image reference; push takes a .wasm/.wat file or a bundled guest".into(),
+                ));
+            }
+            local => local,
         };
-        let stem = self
-            .file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned());
-        let title = format!("{}.wasm", stem.as_deref().unwrap_or("guest"));
+        let source = guest.source().map_err(Failure::Usage)?;
+        // A binary passes through; WAT text is compiled.
+        let bytes = wat::parse_bytes(&source.bytes)
+            .map_err(|e| bad(e.to_string()))?
+            .into_owned();
+        let title = format!("{}.wasm", source.name);
         let created = format!("{}Z", utc(crate::store::now_ms()).replace(' ', "T"));
         let opts = image::Options {
             insecure: self.insecure,

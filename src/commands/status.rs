@@ -39,9 +39,7 @@ impl Daemon {
         let token = Tokens::load(&tokens::path(&data))
             .ok()
             .map(|t| t.get(scope).to_string());
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        let client = crate::web::client_builder()
             .build()
             .map_err(|e| Failure::Internal(e.into()))?;
         Ok(Daemon {

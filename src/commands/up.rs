@@ -63,6 +63,7 @@ impl UpCommand {
         if self.init && !crate::agents::config::agents_dir(&repo).exists() {
             crate::commands::init::InitCommand {
                 dir: Some(repo.clone()),
+                ..Default::default()
             }
             .execute()?;
         }

@@ -215,8 +215,7 @@ impl Harness {
                 (name, Arc::new(agent))
             })
             .collect();
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        let client = crate::web::client_builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
             .context("building the A2A client")?;

@@ -837,15 +837,11 @@ fn pinned_client(
     addrs: &[SocketAddr],
     timeout: Duration,
 ) -> Result<reqwest::Client, String> {
-    // reqwest's rustls needs a process-wide crypto provider; installing
-    // one when another is in place already is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let pinned = Pinned {
         host: url.host_str().unwrap_or_default().to_ascii_lowercase(),
         addrs: addrs.to_vec(),
     };
-    reqwest::Client::builder()
-        .no_proxy()
+    crate::web::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(Arc::new(pinned))
         .pool_max_idle_per_host(0)

@@ -136,9 +136,7 @@ impl Sidecar {
     /// Starts the sidecar: the upstream client, the budgets seeded from the
     /// store at `store_path`, and the usage writer.
     pub fn start(config: Config, store_path: &std::path::Path) -> Result<Arc<Sidecar>> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        let client = crate::web::client_builder()
             .connect_timeout(config.server.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::daemon::{agent, commit, repo, send_v1, start};
+use crate::daemon::{agent, commit, repo, send_v1, start, try_start_with};
 use crate::upstream::{Behavior, Upstream};
 
 /// Copies `examples/fix-me` into the repository and commits it.
@@ -32,13 +32,12 @@ fn coder_agent_with(env: &crate::Env, up: &Upstream, allow: &str, tools: &str) {
         crate::sidecar::config(up, ""),
     )
     .unwrap();
-    let coder = crate::component::rust_guest("coder");
+    // The coder bundled in the binary.
     agent(
         env,
         "coder",
         &format!(
-            "[guests.main]\nimage = \"{}\"\nmodel = \"small\"\ntimeout_secs = 600\n\n[tools]\nallow = [{allow}]\ntimeout_secs = 300\n{tools}",
-            coder.display()
+            "[guests.main]\nimage = \"coder\"\nmodel = \"small\"\ntimeout_secs = 600\n\n[tools]\nallow = [{allow}]\ntimeout_secs = 300\n{tools}"
         ),
     );
 }
@@ -288,4 +287,170 @@ fn the_coder_guests_own_tests_pass() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("test result: ok"), "{stdout}");
+}
+
+/// `cairn init` in a repository with a model in the environment gives a
+/// coder agent (the guest bundled in the binary) that works by A2A and by
+/// its trigger.
+#[test]
+fn init_with_an_api_key_gives_a_coder_reachable_by_a2a_and_by_trigger() {
+    let env = repo();
+    with_failing_crate(&env);
+    let up = Upstream::start();
+    let base = format!("{}/v1", up.url);
+    let key = [
+        ("OPENAI_API_KEY", "sk-test-coder"),
+        ("OPENAI_BASE_URL", base.as_str()),
+    ];
+    let init = env
+        .cairn()
+        .envs(key)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("OLLAMA_HOST")
+        .args(["init", "--model", "fake-small"])
+        .arg(env.workspace.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&init.stdout).into_owned();
+    assert!(
+        init.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert!(
+        said.contains("created .cairn/agents/coder/agent.toml"),
+        "{said}"
+    );
+    assert!(
+        said.contains("the coder agent uses the model `smart`: fake-small"),
+        "{said}"
+    );
+    let toml = std::fs::read_to_string(env.ws(".cairn/agents/coder/agent.toml")).unwrap();
+    assert!(toml.contains("image = \"coder\""), "{toml}");
+    assert!(toml.contains("allow = [\"cargo\", \"git\"]"), "{toml}");
+
+    up.script([
+        Behavior::tool_call("read_file", r#"{"path":"src/lib.rs"}"#),
+        Behavior::tool_call(
+            "edit_file",
+            r#"{"path":"src/lib.rs","search":"    a - b","replace":"    a + b"}"#,
+        ),
+        Behavior::tool_call("run", r#"{"argv":["cargo","test","--offline"]}"#),
+        Behavior::tool_call(
+            "finish",
+            r#"{"summary":"add adds now; cargo test passes."}"#,
+        ),
+    ]);
+    let d = try_start_with(&env, &[], &key)
+        .unwrap_or_else(|out| panic!("cairn up: {}", String::from_utf8_lossy(&out.stderr)));
+    d.wait_ready();
+
+    // By A2A.
+    let v = d.rpc("coder", &send_v1("The tests fail. Fix the bug.", true));
+    let task = &v["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{v}");
+    assert!(
+        crate::daemon::artifact_text(task).contains("cargo test passes"),
+        "{v}"
+    );
+    assert!(cargo_test(env.workspace.path()).status.success());
+    // The sidecar sent the key from the environment; the guest never had it.
+    let sent = up.requests();
+    assert!(
+        sent[0]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v == "Bearer sk-test-coder"),
+        "{:?}",
+        sent[0].headers
+    );
+    let seen = serde_json::to_string(&sent.last().unwrap().body).unwrap();
+    assert!(seen.contains("test result: ok"), "{seen}");
+    assert!(!seen.contains("sk-test-coder"), "{seen}");
+
+    // By its trigger, with the invoke token.
+    up.script([
+        Behavior::tool_call(
+            "write_file",
+            r#"{"path":"NOTES.md","content":"add adds.\n"}"#,
+        ),
+        Behavior::tool_call("finish", r#"{"summary":"wrote NOTES.md"}"#),
+    ]);
+    let (status, _, v) = d.post(
+        "/triggers/coder",
+        Some(&d.invoke),
+        "Write a note saying what add does.",
+    );
+    assert_eq!(status, 202, "{v}");
+    let id = v["dispatch"].as_str().unwrap().to_string();
+    let task = d.wait_task("coder", &id);
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{task}");
+    assert_eq!(
+        std::fs::read_to_string(env.ws("NOTES.md")).unwrap(),
+        "add adds.\n"
+    );
+    let asked = serde_json::to_string(&up.requests().last().unwrap().body).unwrap();
+    assert!(
+        asked.contains("Write a note saying what add does."),
+        "{asked}"
+    );
+}
+
+/// With a local OpenAI-compatible server (an Ollama) instead of a key, the
+/// coder is keyless and works the same.
+#[test]
+fn init_with_an_ollama_gives_a_keyless_coder() {
+    let env = repo();
+    let up = Upstream::start();
+    let init = env
+        .cairn()
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env("OLLAMA_HOST", &up.url)
+        .args(["init", "--model", "fake-small"])
+        .arg(env.workspace.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&init.stdout).into_owned();
+    assert!(
+        init.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert!(said.contains("`local`: fake-small"), "{said}");
+    assert!(said.contains("OLLAMA_HOST is set"), "{said}");
+    let sidecar = std::fs::read_to_string(env.ws(".cairn/sidecar.toml")).unwrap();
+    assert!(!sidecar.contains("\napi_key_env"), "{sidecar}");
+
+    up.script([
+        Behavior::tool_call("list_dir", r#"{"path":"."}"#),
+        Behavior::tool_call("finish", r#"{"summary":"looked around"}"#),
+    ]);
+    let d = start(&env, &[]);
+    d.wait_ready();
+    let v = d.rpc("coder", &send_v1("What is here?", true));
+    let task = &v["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{v}");
+    assert!(
+        crate::daemon::artifact_text(task).contains("looked around"),
+        "{v}"
+    );
+    assert!(
+        up.requests()
+            .iter()
+            .all(|r| r.headers.iter().all(|(k, _)| k != "authorization"))
+    );
+
+    // A --model-url that is not http(s) is refused, naming it.
+    let bare = repo();
+    let out = bare
+        .cairn()
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env("OLLAMA_HOST", "127.0.0.1:9")
+        .args(["init", "--model-url", "ftp://x"])
+        .arg(bare.workspace.path())
+        .output()
+        .unwrap();
+    crate::assert_one_line_error(&out, 2, &["--model-url", "only http and https"]);
 }

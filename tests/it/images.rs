@@ -109,6 +109,33 @@ fn push_pull_and_run_by_reference() {
     );
 }
 
+/// The coder bundled in the binary is published by its name, and the
+/// image runs as the coder (which, run outside a daemon, says it has no
+/// model sidecar).
+#[test]
+fn the_bundled_coder_is_published_as_an_image() {
+    let reg = Registry::start();
+    let r = format!("{}/cairn/coder:1", reg.host());
+    let env = Env::new();
+    let digest = ok(&cairn(&env, &["push", "coder", &r])).trim().to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    let config = pushed_config(&reg, "cairn/coder", "1");
+    assert_eq!(config["os"], "wasip2");
+    let out = Env::new().run(&r, &["fix it", "-v"]);
+    assert!(
+        stderr(&out).contains("OPENAI_BASE_URL is not set"),
+        "{}",
+        stderr(&out)
+    );
+    // An image reference is not something to push.
+    let out = cairn(&env, &["push", &r, &r]);
+    crate::assert_one_line_error(
+        &out,
+        2,
+        &["push takes a .wasm/.wat file or a bundled guest"],
+    );
+}
+
 #[test]
 fn a_component_is_pushed_with_its_world() {
     let reg = Registry::start();
