@@ -16,8 +16,18 @@ const TARGET: &str = "wasm32-wasip2";
 fn main() {
     let manifest = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let guest = manifest.join("guests/coder");
-    for watched in ["src", "Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", guest.join(watched).display());
+    // The coder, and the wasi:http client it shares with the other guests.
+    for (dir, watched) in [
+        ("guests/coder", "src"),
+        ("guests/coder", "Cargo.toml"),
+        ("guests/coder", "Cargo.lock"),
+        ("guests/wasi-post", "src"),
+        ("guests/wasi-post", "Cargo.toml"),
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            manifest.join(dir).join(watched).display()
+        );
     }
     println!("cargo::rustc-check-cfg=cfg(cairn_coder)");
     let out = PathBuf::from(env("OUT_DIR"));

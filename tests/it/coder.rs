@@ -270,23 +270,26 @@ fn validation_rolls_a_bad_change_back_or_feeds_the_failure_back_to_retry() {
 
 /// The guest's own tests (its tools, conversation handling and loop, with a
 /// scripted model: unknown tools, malformed arguments, missing files,
-/// repeated calls, the turn limit), run natively.
+/// repeated calls, the turn limit), and those of the guests' shared HTTP
+/// client, run natively.
 #[test]
 fn the_coder_guests_own_tests_pass() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--release", "--manifest-path"])
-        .arg(root.join("guests/coder/Cargo.toml"))
-        .env("CARGO_TARGET_DIR", root.join("target/guests-native"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("test result: ok"), "{stdout}");
+    for guest in ["coder", "wasi-post"] {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["test", "--release", "--manifest-path"])
+            .arg(root.join("guests").join(guest).join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", root.join("target/guests-native"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{guest}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("test result: ok"), "{guest}: {stdout}");
+    }
 }
 
 /// `cairn init` in a repository with a model in the environment gives a

@@ -1,5 +1,6 @@
 //! ask: cairn's guest that asks the model through the sidecar, a
-//! `wasm32-wasip2` component that speaks HTTP through `wasi:http`.
+//! `wasm32-wasip2` component that speaks HTTP through `wasi:http` (with the
+//! client the guests share, `guests/wasi-post`).
 //!
 //! It is what cairn's tests run to exercise the sidecar, and the simplest
 //! model-backed guest. Following the guest contract (docs/guest-contract.md):
@@ -26,15 +27,11 @@ use std::io::{self, Read, Write};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wasi::http::outgoing_handler;
-use wasi::http::types::{
-    Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
-    http_error_code,
-};
-use wasi::io::streams::StreamError;
+use wasi::http::types::IncomingResponse;
+use wasi_post::{read_body, send};
 
-/// The largest write `blocking-write-and-flush` accepts, and our read size.
-const CHUNK: usize = 4096;
+/// How much of a fetched body a `GET` prompt's reply shows.
+const GET_SHOWN: usize = 4096;
 
 /// The fields of the dispatch this guest uses; the others are ignored.
 #[derive(Debug, Deserialize)]
@@ -60,24 +57,6 @@ fn fail(message: &str) -> ! {
     std::process::exit(1);
 }
 
-/// Split an `http(s)://authority/path?query` URL into its request parts.
-fn parse_url(url: &str) -> Result<(Scheme, &str, String), String> {
-    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
-        (Scheme::Http, rest)
-    } else if let Some(rest) = url.strip_prefix("https://") {
-        (Scheme::Https, rest)
-    } else {
-        return Err(format!("unsupported URL {url:?}: not http:// or https://"));
-    };
-    let rest = rest.split('#').next().unwrap_or_default();
-    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    if authority.is_empty() {
-        return Err(format!("URL {url:?} has no host"));
-    }
-    let path = format!("{}{path}", if path.starts_with('/') { "" } else { "/" });
-    Ok((scheme, authority, path))
-}
-
 /// Send a request (a POST of a JSON `body`, or a GET) and wait for the
 /// response's head. Logs one line on stderr.
 fn request(url: &str, body: Option<&[u8]>) -> Result<IncomingResponse, String> {
@@ -88,86 +67,6 @@ fn request(url: &str, body: Option<&[u8]>) -> Result<IncomingResponse, String> {
         Err(e) => eprintln!("ask: {method} {url} -> error: {e}"),
     }
     result
-}
-
-/// An error's `Debug` text, which names the error code and its payload.
-fn debug(e: impl std::fmt::Debug) -> String {
-    format!("{e:?}")
-}
-
-fn send(url: &str, body: Option<&[u8]>) -> Result<IncomingResponse, String> {
-    let (scheme, authority, path) = parse_url(url)?;
-    let json = ("content-type".to_string(), b"application/json".to_vec());
-    let headers = Fields::from_list(body.map(|_| json).as_slice()).map_err(debug)?;
-    let req = OutgoingRequest::new(headers);
-    let method = body.map_or(Method::Get, |_| Method::Post);
-    if req.set_method(&method).is_err()
-        || req.set_scheme(Some(&scheme)).is_err()
-        || req.set_authority(Some(authority)).is_err()
-        || req.set_path_with_query(Some(&path)).is_err()
-    {
-        return Err(format!("invalid request URL {url:?}"));
-    }
-    let outgoing = body.map(|bytes| req.body().map(|outgoing| (outgoing, bytes)));
-    let outgoing = outgoing
-        .transpose()
-        .map_err(|()| "request body already taken")?;
-    // Hand the request over first, then stream the body into it: wasmtime
-    // buffers only a couple of chunks of a body that is not being sent yet.
-    let future = outgoing_handler::handle(req, None).map_err(debug)?;
-    let written = outgoing.map_or(Ok(()), |(outgoing, bytes)| write_body(outgoing, bytes));
-    // A failed connection also breaks the body's stream: report its cause.
-    future.subscribe().block();
-    let response = match future.get() {
-        Some(Ok(result)) => result.map_err(debug)?,
-        Some(Err(())) | None => return Err("no response after waiting for it".to_string()),
-    };
-    written.map(|()| response)
-}
-
-fn write_body(outgoing: OutgoingBody, bytes: &[u8]) -> Result<(), String> {
-    {
-        let stream = outgoing
-            .write()
-            .map_err(|()| "request body stream already taken")?;
-        for chunk in bytes.chunks(CHUNK) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| stream_error(&e))?;
-        }
-    } // the stream, a child of the body, must be gone before `finish`
-    OutgoingBody::finish(outgoing, None).map_err(debug)
-}
-
-fn stream_error(e: &StreamError) -> String {
-    match e {
-        StreamError::Closed => "stream closed".to_string(),
-        StreamError::LastOperationFailed(err) => {
-            http_error_code(err).map_or_else(|| err.to_debug_string(), debug)
-        }
-    }
-}
-
-/// Read the response body chunk by chunk until it ends or `on_chunk`
-/// returns false.
-fn read_body(
-    response: &IncomingResponse,
-    mut on_chunk: impl FnMut(&[u8]) -> bool,
-) -> Result<(), String> {
-    let body: IncomingBody = response
-        .consume()
-        .map_err(|()| "response body already taken")?;
-    let stream = body
-        .stream()
-        .map_err(|()| "response body stream already taken")?;
-    loop {
-        match stream.blocking_read(CHUNK as u64) {
-            Ok(bytes) if !on_chunk(&bytes) => return Ok(()),
-            Ok(_) => {}
-            Err(StreamError::Closed) => return Ok(()),
-            Err(e) => return Err(stream_error(&e)),
-        }
-    }
 }
 
 /// The body's first `limit` bytes (all of it if shorter), as text.
@@ -249,7 +148,7 @@ fn run() -> Result<String, String> {
         return Ok(format!(
             "{} {}",
             response.status(),
-            read_text(&response, CHUNK)?
+            read_text(&response, GET_SHOWN)?
         ));
     }
 

@@ -123,7 +123,10 @@ impl FakeHttp {
 
     /// The bodies sent to the broker's `/v1/step`, in order.
     pub fn step_requests(&self) -> Vec<Value> {
-        self.sent_to("/v1/step").into_iter().map(|(_, b)| b).collect()
+        self.sent_to("/v1/step")
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect()
     }
 
     fn sent_to(&self, suffix: &str) -> Vec<(String, Value)> {
