@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
+use futures_util::stream::{BoxStream, Peekable};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
@@ -133,6 +133,9 @@ impl Sidecar {
                         (started + self.config.server.timeout).into(),
                     )),
                     ended: false,
+                    out: bytes::BytesMut::new(),
+                    idle: 0,
+                    fresh: true,
                 };
                 let mut r = http::Response::new(BodyExt::boxed_unsync(relay));
                 let h = r.headers_mut();
@@ -427,11 +430,12 @@ impl Sidecar {
                 Ok(Ok(bytes)) => Ok(Answer::Whole(bytes)),
             };
         }
-        let mut stream = resp.bytes_stream().boxed();
+        let mut stream = resp.bytes_stream().boxed().peekable();
         let mut decoder = Decoder::default();
         loop {
             match decoder.next() {
                 Ok(Some(first)) => {
+                    gather(&mut stream, &mut decoder).await;
                     return Ok(Answer::Stream {
                         stream,
                         decoder,
@@ -519,10 +523,46 @@ struct Opened<'a> {
     provider: &'a Provider,
 }
 
+/// An upstream's streamed body.
+type Upstream = Peekable<BoxStream<'static, reqwest::Result<Bytes>>>;
+
+/// Takes into `decoder` the chunks the upstream connection already holds
+/// (it hands them over one per turn of its task), so that the response's
+/// head and the first events go out in one write. Stops at the stream's
+/// end or an error, which are left for the relay, after [`IDLE_YIELDS`]
+/// turns that brought nothing, or at [`BATCH_BYTES`].
+async fn gather(stream: &mut Upstream, decoder: &mut Decoder) {
+    use std::task::Poll;
+    let mut idle = 0;
+    while decoder.buffered() < BATCH_BYTES {
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(match std::pin::Pin::new(&mut *stream).poll_peek(cx) {
+                Poll::Ready(Some(Ok(_))) => Some(true),
+                Poll::Ready(_) => None,
+                Poll::Pending => Some(false),
+            })
+        })
+        .await;
+        match ready {
+            Some(true) => {
+                if let Some(Ok(chunk)) = stream.next().await {
+                    decoder.push(&chunk);
+                }
+                idle = 0;
+            }
+            Some(false) if idle < IDLE_YIELDS => {
+                idle += 1;
+                tokio::task::yield_now().await;
+            }
+            _ => return,
+        }
+    }
+}
+
 enum Answer {
     Whole(Bytes),
     Stream {
-        stream: BoxStream<'static, reqwest::Result<Bytes>>,
+        stream: Upstream,
         decoder: Decoder,
         first: Event,
     },
@@ -1035,21 +1075,43 @@ impl Drop for Record {
 /// Relays a stream to the client as its response body: translated
 /// (Anthropic), the usage chunk taken and removed unless asked for, and a
 /// proper error event if the upstream breaks off. It is pulled by the
-/// client's connection (no task, no channel), and every event already
-/// received goes out in one write. When the client goes away the body is
-/// dropped, which drops the upstream stream (closing its connection, so
-/// the upstream stops generating) and records the call as `client_closed`.
+/// client's connection (no task, no channel). Events that arrive together
+/// go out in one write: the upstream connection hands its body over one
+/// chunk at a time (its task runs between two of ours), so with output in
+/// hand the relay yields, and sends when [`IDLE_YIELDS`] yields in a row
+/// brought nothing new or [`BATCH_BYTES`] are waiting (one write instead
+/// of one per event: for a 14-event answer that halved the time the sidecar
+/// adds). When the client goes
+/// away the body is dropped, which drops the upstream stream (closing its
+/// connection, so the upstream stops generating) and records the call as
+/// `client_closed`.
 struct Relay {
     /// Set for an Anthropic upstream; OpenAI events pass through as they are.
     translator: Option<anthropic::StreamTranslator>,
     wants_usage: bool,
     record: Record,
-    stream: BoxStream<'static, reqwest::Result<Bytes>>,
+    stream: Upstream,
     decoder: Decoder,
     first: Option<Event>,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     ended: bool,
+    /// What the client gets next, gathered over yields.
+    out: bytes::BytesMut,
+    /// Yields in a row that brought nothing new.
+    idle: u8,
+    /// Nothing was sent yet: what the first poll has goes out at once, with
+    /// the response's head (the gathering was done before it).
+    fresh: bool,
 }
+
+/// Past this much waiting output the relay sends without gathering more.
+const BATCH_BYTES: usize = 16 << 10;
+
+/// Yields in a row without a new chunk before what is gathered is sent.
+/// The upstream connection's task needs two turns to hand over a chunk it
+/// already holds; a third covers a busy runtime. An upstream that is
+/// really between events costs three quick polls per event.
+const IDLE_YIELDS: u8 = 3;
 
 impl hyper::body::Body for Relay {
     type Data = Bytes;
@@ -1064,7 +1126,8 @@ impl hyper::body::Body for Relay {
         if this.ended {
             return Poll::Ready(None);
         }
-        let mut out = bytes::BytesMut::new();
+        let mut out = std::mem::take(&mut this.out);
+        let mut brought = false;
         loop {
             let next = match this.first.take() {
                 Some(e) => Ok(Some(e)),
@@ -1089,13 +1152,26 @@ impl hyper::body::Body for Relay {
                     return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
                 }
             }
-            if !out.is_empty() {
+            if out.len() >= BATCH_BYTES {
+                this.idle = 0;
                 return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
             }
             let (status, why) = match this.stream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.decoder.push(&chunk);
+                    brought = true;
                     continue;
+                }
+                Poll::Pending if !out.is_empty() => {
+                    this.idle = if brought { 0 } else { this.idle + 1 };
+                    if this.idle > IDLE_YIELDS || std::mem::take(&mut this.fresh) {
+                        this.idle = 0;
+                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                    }
+                    // Let the upstream connection hand over what it holds.
+                    this.out = out;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 Poll::Ready(Some(Err(e))) => ("upstream_died", e.to_string()),
                 Poll::Ready(None) => (
@@ -1232,5 +1308,48 @@ impl Relay {
             })
             .inc();
         self.record.fail(status, &message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(text: &'static str) -> reqwest::Result<Bytes> {
+        Ok(Bytes::from_static(text.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn gather_takes_the_ready_chunks_and_stops_when_none_come() {
+        // Two chunks ready, then an upstream that sends nothing more: gather
+        // takes both and returns after its idle turns, not waiting.
+        let ready = futures_util::stream::iter([chunk("data: 1\n\n"), chunk("data: 2\n\n")]);
+        let mut stream: Upstream = ready
+            .chain(futures_util::stream::pending())
+            .boxed()
+            .peekable();
+        let mut decoder = Decoder::default();
+        gather(&mut stream, &mut decoder).await;
+        assert_eq!(decoder.next().unwrap().unwrap().data, "1");
+        assert_eq!(decoder.next().unwrap().unwrap().data, "2");
+        assert_eq!(decoder.next().unwrap(), None);
+
+        // An error is left in the stream for the relay to report.
+        let broken = futures_util::stream::iter([chunk("data: 3\n\n")]).chain(
+            futures_util::stream::once(async {
+                // A real reqwest error: a request to a URL it cannot send.
+                Err(crate::web::client_builder()
+                    .build()
+                    .unwrap()
+                    .get("http://[::1")
+                    .build()
+                    .unwrap_err())
+            }),
+        );
+        let mut stream: Upstream = broken.boxed().peekable();
+        let mut decoder = Decoder::default();
+        gather(&mut stream, &mut decoder).await;
+        assert_eq!(decoder.next().unwrap().unwrap().data, "3");
+        assert!(matches!(stream.next().await, Some(Err(_))));
     }
 }

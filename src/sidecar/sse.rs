@@ -26,6 +26,11 @@ impl Decoder {
         self.buf.extend_from_slice(chunk);
     }
 
+    /// Bytes received and not yet taken as events.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The next whole event, if one has arrived. Events without data
     /// (comments, keep-alives) are skipped.
     pub fn next(&mut self) -> Result<Option<Event>, String> {

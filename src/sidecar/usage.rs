@@ -1,5 +1,6 @@
 //! The usage writer: one thread that owns a store connection and writes
-//! the rows calls hand it, in batches, so no call waits on SQLite.
+//! the rows calls hand it, in batches, so no call waits on SQLite (nor
+//! wakes a thread: under load the writer takes a batch every [`LINGER`]).
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
@@ -17,6 +18,11 @@ pub struct Writer {
 
 /// Rows written in one transaction, at most.
 const BATCH: usize = 512;
+
+/// How long the writer lets rows gather after a batch that was not full.
+/// A row reaches the store at most this much (plus a commit) after its
+/// call ended; an idle writer sleeps in `recv`, without waking.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl Writer {
     pub fn start(store: Store) -> Result<Writer> {
@@ -70,6 +76,12 @@ fn run(mut store: Store, rx: Receiver<UsageRow>, progress: Arc<(Mutex<(u64, u64)
         let (lock, cvar) = &*progress;
         lock.lock().unwrap_or_else(|p| p.into_inner()).1 += batch.len() as u64;
         cvar.notify_all();
+        let full = batch.len() == BATCH;
         batch.clear();
+        // Let the next rows gather: calls then hand theirs over without
+        // waking this thread, one wake per batch instead of one per call.
+        if !full {
+            std::thread::sleep(LINGER);
+        }
     }
 }
