@@ -87,8 +87,8 @@ fn build(guest: &Path, out: &Path) -> Result<PathBuf, String> {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let last = stderr
             .lines()
-            .filter(|l| l.starts_with("error"))
-            .last()
+            .rev()
+            .find(|l| l.starts_with("error"))
             .unwrap_or("(no error line)");
         return Err(format!("building guests/coder failed: {last}"));
     }
