@@ -1080,11 +1080,10 @@ impl Drop for Record {
 /// chunk at a time (its task runs between two of ours), so with output in
 /// hand the relay yields, and sends when [`IDLE_YIELDS`] yields in a row
 /// brought nothing new or [`BATCH_BYTES`] are waiting (one write instead
-/// of one per event: for a 14-event answer that halved the time the sidecar
-/// adds). When the client goes
-/// away the body is dropped, which drops the upstream stream (closing its
-/// connection, so the upstream stops generating) and records the call as
-/// `client_closed`.
+/// of one per event: for a 15-event answer that halved the time the
+/// sidecar adds). When the client goes away the body is dropped, which
+/// drops the upstream stream (closing its connection, so the upstream
+/// stops generating) and records the call as `client_closed`.
 struct Relay {
     /// Set for an Anthropic upstream; OpenAI events pass through as they are.
     translator: Option<anthropic::StreamTranslator>,
