@@ -6,7 +6,10 @@
 //!
 //! - **Added latency** at 1,000 requests/s, open loop (a request is sent on
 //!   schedule whether or not earlier ones finished), non-streaming and
-//!   streaming: median and p99 of direct and through the sidecar.
+//!   streaming: median and p99 of direct and through the sidecar; and, when
+//!   `nginx` is installed (Debian's `nginx-light`), through nginx as a plain
+//!   reverse proxy (one worker, upstream keep-alive, no buffering): the cost
+//!   of the extra hop alone, with no work done on the calls.
 //! - **Throughput** with 64 concurrent clients (closed loop).
 //! - **Memory** of the sidecar process (RSS) over 100,000 requests.
 //!
@@ -196,6 +199,79 @@ fn start_sidecar(up: &Upstream) -> Sidecar {
     }
 }
 
+/// nginx as a plain reverse proxy to the fake upstream, when installed.
+struct Nginx {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nginx(up: &Upstream) -> Option<Nginx> {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let upstream = up.url.trim_start_matches("http://");
+    let d = dir.path().display();
+    let config = format!(
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid;\n\
+         error_log {d}/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n\
+           access_log off;\n\
+           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+           upstream up {{ server {upstream}; keepalive 512; }}\n\
+           server {{\n\
+             listen 127.0.0.1:{port};\n\
+             location / {{\n\
+               proxy_pass http://up;\n\
+               proxy_http_version 1.1;\n\
+               proxy_set_header Connection \"\";\n\
+               proxy_buffering off;\n\
+             }}\n\
+           }}\n\
+         }}\n"
+    );
+    let file = dir.path().join("nginx.conf");
+    std::fs::write(&file, config).unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&file)
+        .arg("-p")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    // Ready when it accepts.
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(5) {
+            eprintln!("nginx did not start; see {d}/error.log");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Nginx {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    })
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let up = Upstream::start();
@@ -223,6 +299,17 @@ fn main() {
         key: Some(KEY),
     });
 
+    let nginx = start_nginx(&up);
+    let floor = nginx.as_ref().map(|n| {
+        Arc::new(Target {
+            url: format!("{}/v1/chat/completions", n.base),
+            key: None,
+        })
+    });
+    if nginx.is_none() {
+        println!("(nginx is not installed: no reverse-proxy floor; apt-get install nginx-light)");
+    }
+
     println!("added latency at {RATE} requests/s, {SECONDS} s each, open loop:");
     for stream in [false, true] {
         let d = open_loop(&rt, &client, direct.clone(), stream);
@@ -237,7 +324,19 @@ fn main() {
             us(pct(&s, 0.5)) - us(pct(&d, 0.5)),
             us(pct(&s, 0.99)) - us(pct(&d, 0.99)),
         );
+        if let Some(f) = &floor {
+            let n = open_loop(&rt, &client, f.clone(), stream);
+            println!(
+                "  {:14} nginx  p50 {:7.0} µs p99 {:7.0} µs | added by nginx p50 {:6.0} µs p99 {:6.0} µs",
+                "",
+                us(pct(&n, 0.5)),
+                us(pct(&n, 0.99)),
+                us(pct(&n, 0.5)) - us(pct(&d, 0.5)),
+                us(pct(&n, 0.99)) - us(pct(&d, 0.99)),
+            );
+        }
     }
+    drop(nginx);
 
     println!("throughput, 64 concurrent clients, 20,000 requests:");
     let d = closed_loop(&rt, &client, direct.clone(), 64, 20_000, |_| {});
