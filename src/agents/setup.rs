@@ -9,8 +9,10 @@
 //! 3. `ANTHROPIC_API_KEY` set: Anthropic (`ANTHROPIC_BASE_URL` honoured).
 //! 4. `OPENAI_API_KEY` set: OpenAI (`OPENAI_BASE_URL` honoured).
 //! 5. `OLLAMA_HOST` set, or an Ollama answering on 127.0.0.1:11434: that
-//!    Ollama, with the model `--model` names, else a pulled model with
-//!    "coder" in its name, else the first pulled.
+//!    Ollama, with the model `--model` names, else a model it lists
+//!    (`GET /v1/models`) with "coder" in its name, else the first listed.
+//!
+//! A `--model-url` server without `--model` gets a model the same way.
 //!
 //! No process state is read here: the environment and the Ollama probe are
 //! passed in, so every rule is tested without a network.
@@ -89,8 +91,8 @@ impl Provider {
     }
 }
 
-/// What an Ollama at a base URL answered: the names of its pulled models,
-/// or None when nothing answered.
+/// What a server at a base URL answered to `GET /v1/models`: the models it
+/// lists, or None when nothing answered.
 pub type Probe<'a> = &'a dyn Fn(&str) -> Option<Vec<String>>;
 
 /// The model for the coder, or None when there is none to be had. `models`
@@ -193,7 +195,7 @@ pub fn choose(
     })))
 }
 
-/// The model of a keyless server: the one asked for, else a pulled one
+/// The model of a keyless server: the one asked for, else one it lists
 /// (a coder model first), else the suggested one with how to get it.
 fn pick_ollama(ask: &Ask, base: &str, probe: Probe) -> (String, Option<String>) {
     if let Some(m) = &ask.model {
@@ -210,7 +212,7 @@ fn pick_ollama(ask: &Ask, base: &str, probe: Probe) -> (String, Option<String>) 
         Some(_) => (
             OLLAMA_SUGGESTED.into(),
             Some(format!(
-                "the server at {base} has no model pulled: `ollama pull {OLLAMA_SUGGESTED}`"
+                "the server at {base} lists no model: `ollama pull {OLLAMA_SUGGESTED}` (or pass --model)"
             )),
         ),
         None => (
@@ -462,7 +464,7 @@ mod tests {
         )
         .unwrap());
         assert_eq!(p.base_url, "http://box:1234/v1");
-        assert!(p.hint.unwrap().contains("no model pulled"));
+        assert!(p.hint.unwrap().contains("lists no model"));
     }
 
     #[test]

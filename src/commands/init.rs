@@ -88,13 +88,14 @@ fn find_model(dir: &std::path::Path, ask: &Ask) -> Result<Option<Choice>, Failur
         }
     };
     let env = |name: &str| std::env::var(name).ok();
-    setup::choose(ask, &models, &env, &ollama_models).map_err(Failure::Usage)
+    setup::choose(ask, &models, &env, &served_models).map_err(Failure::Usage)
 }
 
-/// What an Ollama at `base` has pulled (`GET /api/tags`), or None when
-/// nothing answers within a second.
-fn ollama_models(base: &str) -> Option<Vec<String>> {
-    let url = format!("{base}/api/tags");
+/// The models an OpenAI-compatible server at `base` lists (`GET
+/// /v1/models`: Ollama's pulled models, llama.cpp's and vLLM's loaded
+/// one), or None when nothing answers within a second.
+fn served_models(base: &str) -> Option<Vec<String>> {
+    let url = format!("{base}/v1/models");
     let ask = async move {
         let client = crate::web::client_builder()
             .timeout(Duration::from_secs(1))
@@ -106,10 +107,10 @@ fn ollama_models(base: &str) -> Option<Vec<String>> {
         }
         let body = answer.bytes().await.ok()?;
         let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        let names = v["models"]
+        let names = v["data"]
             .as_array()?
             .iter()
-            .filter_map(|m| m["name"].as_str().map(str::to_string))
+            .filter_map(|m| m["id"].as_str().map(str::to_string))
             .collect();
         Some(names)
     };

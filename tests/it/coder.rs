@@ -400,7 +400,7 @@ fn init_with_an_api_key_gives_a_coder_reachable_by_a2a_and_by_trigger() {
 }
 
 /// With a local OpenAI-compatible server (an Ollama) instead of a key, the
-/// coder is keyless and works the same.
+/// coder is keyless, gets a model the server lists, and works the same.
 #[test]
 fn init_with_an_ollama_gives_a_keyless_coder() {
     let env = repo();
@@ -410,7 +410,8 @@ fn init_with_an_ollama_gives_a_keyless_coder() {
         .env_remove("OPENAI_API_KEY")
         .env_remove("ANTHROPIC_API_KEY")
         .env("OLLAMA_HOST", &up.url)
-        .args(["init", "--model", "fake-small"])
+        // No --model: the first model the server lists (`GET /v1/models`).
+        .arg("init")
         .arg(env.workspace.path())
         .output()
         .unwrap();
