@@ -32,9 +32,9 @@ impl PushCommand {
             local => local,
         };
         let source = guest.source().map_err(Failure::Usage)?;
-        // A binary passes through; WAT text is compiled.
-        let bytes = wat::parse_bytes(&source.bytes)
-            .map_err(|e| bad(e.to_string()))?
+        // A binary passes through; WAT text is compiled, as `cairn run` does.
+        let bytes = crate::sandbox::to_binary(&source)
+            .map_err(bad)?
             .into_owned();
         let title = format!("{}.wasm", source.name);
         let created = format!("{}Z", utc(crate::store::now_ms()).replace(' ', "T"));

@@ -205,8 +205,9 @@ impl Compiled for Component {
     }
 }
 
-/// The wasm binary of a source: binary as is, WAT compiled to binary.
-fn to_binary<'a>(src: &'a GuestSource<'_>) -> Result<Cow<'a, [u8]>, String> {
+/// The wasm binary of a source: binary as is, WAT compiled to binary; a
+/// one-line error for anything else.
+pub fn to_binary<'a>(src: &'a GuestSource<'_>) -> Result<Cow<'a, [u8]>, String> {
     let bytes = &src.bytes[..];
     if bytes.starts_with(MAGIC) {
         return Ok(Cow::Borrowed(bytes));

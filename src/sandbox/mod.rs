@@ -25,7 +25,7 @@ use wasmtime::Engine;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 pub use code_cache::forget as forget_compiled;
-pub use guest::{Guest, GuestSource, Shape};
+pub use guest::{Guest, GuestSource, Shape, to_binary};
 pub use http::{LocalHttp, Outbound};
 pub use run::{DefaultLimits, Finished, Invocation, Limits};
 

@@ -127,7 +127,11 @@ fn the_bundled_coder_is_published_as_an_image() {
         "{}",
         stderr(&out)
     );
-    // An image reference is not something to push.
+    // Neither a file that is not wasm nor an image reference is pushed.
+    let junk = env.ws("junk.wasm");
+    std::fs::write(&junk, "not wasm").unwrap();
+    let out = cairn(&env, &["push", junk.to_str().unwrap(), &r]);
+    crate::assert_one_line_error(&out, 2, &["junk.wasm", "not a wasm module"]);
     let out = cairn(&env, &["push", &r, &r]);
     crate::assert_one_line_error(
         &out,
