@@ -300,6 +300,15 @@ pub fn sidecar_toml(p: &Provider, reference: &str) -> String {
          # the model `{}`; the commented examples below show every other setting.\n\n",
         p.found, p.alias
     );
+    s.push_str(&declaration(p));
+    s.push_str("\n# ---- Reference: every setting, as commented examples ----\n\n");
+    s.push_str(reference);
+    s
+}
+
+/// The TOML declaring `p`'s provider, model alias and price.
+pub fn declaration(p: &Provider) -> String {
+    let mut s = String::new();
     s.push_str(&format!(
         "[providers.{}]\nkind = \"{}\"\nbase_url = \"{}\"\n",
         p.name, p.kind, p.base_url
@@ -317,8 +326,6 @@ pub fn sidecar_toml(p: &Provider, reference: &str) -> String {
             p.model
         ));
     }
-    s.push_str("\n# ---- Reference: every setting, as commented examples ----\n\n");
-    s.push_str(reference);
     s
 }
 

@@ -63,10 +63,18 @@ impl InitCommand {
             ),
             (Some(m), true) if wrote_coder => {
                 println!("the coder agent uses the model {}", m.describe());
-                if let Choice::New(p) = m
-                    && let Some(hint) = &p.hint
-                {
-                    println!("before it can work: {hint}");
+                if let Choice::New(p) = m {
+                    let declared = written.iter().any(|w| w.ends_with(".cairn/sidecar.toml"));
+                    if !declared {
+                        println!(
+                            "before it can work: .cairn/sidecar.toml is yours and was left as it \
+                             is; add the coder's model to it:\n\n{}",
+                            setup::declaration(p)
+                        );
+                    }
+                    if let Some(hint) = &p.hint {
+                        println!("before it can work: {hint}");
+                    }
                 }
             }
             (Some(_), true) => println!(".cairn/agents/coder exists: left as it is"),
