@@ -60,6 +60,7 @@ fn main() {
         workspace: tree.clone(),
         temp_root: temp_root.clone(),
         marks: marks.clone(),
+        steps: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -19,7 +19,8 @@
 //! tool the guest runs itself (a file edit, a read), so what each tool call
 //! changed is a step of its own, named `tool: detail` in `cairn log`.
 //! Answers 200 `{"step"}` (null when the timeline could not mark it); any
-//! guest may call it, with or without `[tools]`.
+//! guest may call it, with or without `[tools]`, up to 10,000 times a
+//! dispatch (429 past that).
 
 pub mod confine;
 
@@ -51,6 +52,8 @@ pub struct Broker {
     /// Where each run's private temp dir is made.
     pub temp_root: PathBuf,
     pub marks: Arc<Marks>,
+    /// Steps this dispatch's guest opened with `/v1/step`.
+    pub steps: std::sync::atomic::AtomicU32,
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
@@ -119,6 +122,10 @@ fn cut(text: &str, max: usize) -> String {
 const TOOL_NAME_MAX: usize = 64;
 const DETAIL_MAX: usize = 200;
 
+/// Steps one dispatch's guest may open with `/v1/step`: far more than a
+/// run of tool calls needs, few enough that a guest cannot fill the store.
+const GUEST_STEPS_MAX: u32 = 10_000;
+
 impl Broker {
     /// `POST /v1/step`: a step boundary for a tool call made in the guest.
     async fn step(&self, body: Bytes) -> Response {
@@ -154,6 +161,15 @@ impl Broker {
         } else {
             format!("{tool}: {}", cut(detail.trim(), DETAIL_MAX))
         };
+        let opened = self
+            .steps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if opened >= GUEST_STEPS_MAX {
+            return problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("this dispatch opened {GUEST_STEPS_MAX} steps; no more are opened"),
+            );
+        }
         let step = open_step(&self.marks, shown).await;
         web::json_response(StatusCode::OK, &json!({ "step": step }))
     }
@@ -285,5 +301,101 @@ impl LocalHttp for Arc<Broker> {
                 ),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data_dir::DataDir;
+    use crate::timeline::Timeline;
+
+    fn post(broker: &Arc<Broker>, path: &str, body: &str) -> (u16, Value) {
+        let req = http::Request::post(path)
+            .body(Bytes::from(body.to_string()))
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let r = broker.call(req).await;
+            let status = r.status().as_u16();
+            let bytes = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        })
+    }
+
+    #[test]
+    fn steps_are_opened_for_named_tools_checked_and_capped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().join("ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        let data = DataDir::resolve(Some(&tmp.path().join("data"))).unwrap();
+        let mut timeline = Timeline::open(&data, &ws, true).unwrap();
+        let active = timeline.begin("t", "echo", "a2a").unwrap();
+        let id = active.id.clone();
+        let marks = Marks::new(timeline, active);
+        let broker = Arc::new(Broker {
+            support: Arc::new(confine::Support::detect()),
+            tools: None,
+            agent: "a".into(),
+            workspace: ws.clone(),
+            temp_root: tmp.path().join("tmp"),
+            marks: marks.clone(),
+            steps: Default::default(),
+        });
+
+        let (status, v) = post(
+            &broker,
+            "/v1/step",
+            r#"{"tool":"edit_file","detail":"x.txt\nmore"}"#,
+        );
+        assert_eq!(status, 200, "{v}");
+        assert!(v["step"].as_i64().is_some(), "{v}");
+        let (status, v) = post(&broker, "/v1/step", r#"{"tool":"read_file"}"#);
+        assert_eq!(status, 200, "{v}");
+
+        for (body, why) in [
+            ("{", "malformed JSON"),
+            (r#"{"detail":"x"}"#, "`tool` must be"),
+            (r#"{"tool":"a b"}"#, "`tool` must be"),
+            (r#"{"tool":"t","detail":7}"#, "`detail` must be a string"),
+        ] {
+            let (status, v) = post(&broker, "/v1/step", body);
+            assert_eq!(status, 400, "{body}: {v}");
+            assert!(v["error"].as_str().unwrap().contains(why), "{body}: {v}");
+        }
+
+        // The steps are the dispatch's, named by tool and detail (control
+        // characters made spaces).
+        let (timeline, _) = marks.take().unwrap();
+        let steps = timeline.store().steps(&id).unwrap();
+        let named: Vec<(&str, Option<&str>)> = steps
+            .iter()
+            .map(|s| (s.opened_by.as_str(), s.detail.as_deref()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("start", None),
+                ("tool-call", Some("edit_file: x.txt more")),
+                ("tool-call", Some("read_file")),
+            ]
+        );
+
+        // Past the cap: refused, no step opened.
+        broker
+            .steps
+            .store(GUEST_STEPS_MAX, std::sync::atomic::Ordering::Relaxed);
+        let (status, v) = post(&broker, "/v1/step", r#"{"tool":"read_file"}"#);
+        assert_eq!(status, 429, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("10000 steps"), "{v}");
     }
 }

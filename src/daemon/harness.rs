@@ -1095,6 +1095,7 @@ impl Harness {
                     workspace: workspace.to_path_buf(),
                     temp_root: self.data.root().join("tmp"),
                     marks: marks.clone(),
+                    steps: Default::default(),
                 };
                 outbound
                     .local
