@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn::agents::config::{ToolMode, Tools};
-use cairn::broker::{Broker, confine, policy};
+use cairn::agents::config::Tools;
+use cairn::broker::{Broker, confine};
 use cairn::data_dir::DataDir;
 use cairn::invoke::Marks;
 use cairn::sandbox::LocalHttp;
@@ -40,14 +40,16 @@ fn main() {
     let marks = Marks::new(timeline, active);
     let support = Arc::new(confine::Support::detect());
     let tools = Tools {
-        mode: ToolMode::WorkspaceWrite,
-        allow: vec!["true".into()],
-        timeout: Duration::from_secs(60),
-        output_cap: 64 << 10,
-        network: false,
-        accept_unconfined: true,
-        max_processes: 256,
-        env: Vec::new(),
+        policy: confine::Policy {
+            mode: confine::Mode::WorkspaceWrite,
+            allow: vec!["true".into()],
+            timeout: Duration::from_secs(60),
+            output_cap: 64 << 10,
+            network: false,
+            accept_unconfined: true,
+            max_processes: 256,
+            env_pass: Vec::new(),
+        },
         validate: Vec::new(),
         retry_on_fail: 0,
     };
@@ -67,7 +69,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let policy = policy(&tools);
+    let policy = tools.policy.clone();
     let direct = |support: Arc<confine::Support>| {
         let policy = policy.clone();
         let temp_root = temp_root.clone();

@@ -20,6 +20,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
+use crate::broker::confine::{Mode, Policy};
 use crate::dispatch::Kind;
 use crate::sidecar::config::{Budget, OnExceeded};
 
@@ -75,33 +76,13 @@ pub struct AgentConfig {
     pub fingerprint: String,
 }
 
-/// What commands run through the broker may touch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ToolMode {
-    /// Nothing but a private temp dir is writable.
-    ReadOnly,
-    /// The workspace and a private temp dir are writable.
-    WorkspaceWrite,
-    /// No filesystem restriction (still no network unless allowed).
-    Full,
-}
-
-/// `[tools]` in agent.toml: the policy of the host tool broker.
+/// `[tools]` in agent.toml: how the host tool broker runs this agent's
+/// commands, and the validation after a dispatch.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Tools {
-    pub mode: ToolMode,
-    /// Programs allowed: a name found on PATH, or an absolute path prefix.
-    pub allow: Vec<String>,
-    pub timeout: Duration,
-    /// Bytes kept of a command's stdout and of its stderr.
-    pub output_cap: usize,
-    pub network: bool,
-    /// Run commands even where no confinement is available.
-    pub accept_unconfined: bool,
-    pub max_processes: u64,
-    /// Environment variable names passed to commands.
-    pub env: Vec<String>,
+    /// Mode, allow-list, timeout, output cap, network, processes, env.
+    #[serde(flatten)]
+    pub policy: Policy,
     /// Commands run after a dispatch that changed files; a failure rolls
     /// it back (or is fed back to the guest, `retry_on_fail` times).
     pub validate: Vec<String>,
@@ -1130,11 +1111,11 @@ fn parse_tools(doc: &Doc, value: &Value) -> Result<Tools, ConfigError> {
         ],
     )?;
     let mode = match get(t, "mode") {
-        None => ToolMode::WorkspaceWrite,
+        None => Mode::WorkspaceWrite,
         Some((_, v)) => match string(doc, v, "tools.mode") {
-            Ok("read-only") => ToolMode::ReadOnly,
-            Ok("workspace-write") => ToolMode::WorkspaceWrite,
-            Ok("full") => ToolMode::Full,
+            Ok("read-only") => Mode::ReadOnly,
+            Ok("workspace-write") => Mode::WorkspaceWrite,
+            Ok("full") => Mode::Full,
             _ => {
                 return Err(doc.fail(
                     &v.span(),
@@ -1191,14 +1172,16 @@ fn parse_tools(doc: &Doc, value: &Value) -> Result<Tools, ConfigError> {
         get(t, k).map_or(Ok(false), |(_, v)| boolean(doc, v, &format!("tools.{k}")))
     };
     Ok(Tools {
-        mode,
-        allow,
-        timeout: Duration::from_secs(num("timeout_secs", 1, 24 * 3600, 300)?),
-        output_cap: (num("output_kib", 1, 64 * 1024, 256)? as usize) << 10,
-        network: flag("network")?,
-        accept_unconfined: flag("accept_unconfined")?,
-        max_processes: num("max_processes", 1, 100_000, 256)?,
-        env,
+        policy: Policy {
+            mode,
+            allow,
+            timeout: Duration::from_secs(num("timeout_secs", 1, 24 * 3600, 300)?),
+            output_cap: (num("output_kib", 1, 64 * 1024, 256)? as usize) << 10,
+            network: flag("network")?,
+            accept_unconfined: flag("accept_unconfined")?,
+            max_processes: num("max_processes", 1, 100_000, 256)?,
+            env_pass: env,
+        },
         validate,
         retry_on_fail: num("retry_on_fail", 0, 10, 0)? as u32,
     })
@@ -1492,11 +1475,12 @@ mod tests {
         .unwrap()
         .tools
         .unwrap();
-        assert_eq!(t.mode, ToolMode::WorkspaceWrite);
-        assert_eq!(t.allow, ["cargo", "/usr/bin/"]);
-        assert_eq!(t.timeout, Duration::from_secs(300));
-        assert_eq!(t.output_cap, 256 << 10);
-        assert!(!t.network && !t.accept_unconfined);
+        let p = &t.policy;
+        assert_eq!(p.mode, Mode::WorkspaceWrite);
+        assert_eq!(p.allow, ["cargo", "/usr/bin/"]);
+        assert_eq!(p.timeout, Duration::from_secs(300));
+        assert_eq!(p.output_cap, 256 << 10);
+        assert!(!p.network && !p.accept_unconfined);
         assert_eq!(t.validate, ["cargo test"]);
         assert_eq!(t.retry_on_fail, 2);
         assert_eq!(

@@ -645,8 +645,8 @@ mod tests {
         );
         assert_eq!(coder.guests["coder"].model.as_deref(), Some("smart"));
         let tools = coder.tools.as_ref().unwrap();
-        assert_eq!(tools.allow, ["cargo", "make", "git"]);
-        assert!(!tools.network);
+        assert_eq!(tools.policy.allow, ["cargo", "make", "git"]);
+        assert!(!tools.policy.network);
         assert!(tools.validate.is_empty(), "validation is suggested, not on");
         let budget = coder.budget.as_ref().unwrap();
         assert_eq!(budget.on_exceeded, OnExceeded::Stop);

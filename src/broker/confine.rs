@@ -137,8 +137,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// process that escaped both the group and the cgroup can hold a pipe open.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// What the command may write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the command may write (`tools.mode` in agent.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Nothing, except in the private temp dir.
     ReadOnly,
@@ -149,8 +150,8 @@ pub enum Mode {
     Full,
 }
 
-/// How commands run for one agent (its `agent.toml`).
-#[derive(Debug, Clone)]
+/// How commands run for one agent (its `agent.toml`'s `[tools]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Policy {
     pub mode: Mode,
     /// Programs allowed: a bare name ("cargo") matches that program found
@@ -167,6 +168,7 @@ pub struct Policy {
     pub max_processes: u64,
     /// Extra environment variable names to pass through; see the module doc
     /// for the ones always set and the ones never passed.
+    #[serde(rename = "env")]
     pub env_pass: Vec<String>,
 }
 

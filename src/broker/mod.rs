@@ -33,7 +33,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::agents::config::{ToolMode, Tools};
+use crate::agents::config::Tools;
 use crate::invoke::Marks;
 use crate::sandbox::LocalHttp;
 use crate::timeline::Opener;
@@ -58,24 +58,6 @@ pub struct Broker {
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
     web::json_response(status, &json!({ "error": message.into() }))
-}
-
-/// The confinement policy of an agent's `[tools]`.
-pub fn policy(tools: &Tools) -> confine::Policy {
-    confine::Policy {
-        mode: match tools.mode {
-            ToolMode::ReadOnly => confine::Mode::ReadOnly,
-            ToolMode::WorkspaceWrite => confine::Mode::WorkspaceWrite,
-            ToolMode::Full => confine::Mode::Full,
-        },
-        allow: tools.allow.clone(),
-        timeout: tools.timeout,
-        output_cap: tools.output_cap,
-        network: tools.network,
-        accept_unconfined: tools.accept_unconfined,
-        max_processes: tools.max_processes,
-        env_pass: tools.env.clone(),
-    }
 }
 
 /// A fresh private temp dir for one command, under `root`.
@@ -211,8 +193,8 @@ impl Broker {
                 }
             },
         };
-        let policy = policy(tools);
-        if let Err(refused) = confine::check_allowed(&policy, &argv) {
+        let policy = &tools.policy;
+        if let Err(refused) = confine::check_allowed(policy, &argv) {
             return problem(
                 StatusCode::FORBIDDEN,
                 format!("{refused} (.cairn/agents/{}/agent.toml)", self.agent),
@@ -235,7 +217,7 @@ impl Broker {
             temp: temp.path().to_path_buf(),
             timeout,
         };
-        let result = confine::run(&self.support, &policy, &request).await;
+        let result = confine::run(&self.support, policy, &request).await;
         let out = match result {
             Ok(out) => out,
             Err(refused) => {

@@ -931,7 +931,7 @@ impl Harness {
             }
             return Ok(());
         }
-        let policy = crate::broker::policy(tools);
+        let policy = &tools.policy;
         let temp_root = self.data.root().join("tmp");
         for (i, command) in tools.validate.iter().enumerate() {
             let argv: Vec<String> = command.split_whitespace().map(str::to_string).collect();
@@ -948,7 +948,7 @@ impl Harness {
                 temp: temp.path().to_path_buf(),
                 timeout: None,
             };
-            let out = confine::run(&self.tool_support, &policy, &request)
+            let out = confine::run(&self.tool_support, policy, &request)
                 .await
                 .map_err(|e| {
                     format!(
