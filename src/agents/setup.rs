@@ -345,6 +345,12 @@ mod tests {
         None
     }
 
+    /// The new provider found with only these variables set (no flags, no
+    /// sidecar.toml), `probe` answering for servers.
+    fn found(vars: &'static [(&'static str, &'static str)], probe: Probe) -> Provider {
+        new(choose(&Ask::default(), &[], &env(vars), probe).unwrap())
+    }
+
     fn new(c: Option<Choice>) -> Provider {
         match c {
             Some(Choice::New(p)) => p,
@@ -430,13 +436,7 @@ mod tests {
             (base == "http://10.0.0.5:11434")
                 .then(|| vec!["llama3:8b".to_string(), "qwen2.5-coder:14b".to_string()])
         };
-        let p = new(choose(
-            &Ask::default(),
-            &[],
-            &env(&[("OLLAMA_HOST", "10.0.0.5")]),
-            &pulled,
-        )
-        .unwrap());
+        let p = found(&[("OLLAMA_HOST", "10.0.0.5")], &pulled);
         assert_eq!((p.name, p.alias), ("ollama", "local"));
         assert_eq!(p.base_url, "http://10.0.0.5:11434/v1");
         assert_eq!(p.model, "qwen2.5-coder:14b");
@@ -445,31 +445,19 @@ mod tests {
 
         // The default address, when something answers there.
         let local = |base: &str| (base == OLLAMA_DEFAULT).then(|| vec!["llama3:8b".to_string()]);
-        let p = new(choose(&Ask::default(), &[], &env(&[]), &local).unwrap());
+        let p = found(&[], &local);
         assert_eq!(p.model, "llama3:8b");
         assert!(p.found.contains("answers at http://127.0.0.1:11434"));
 
         // Set but silent: configured anyway, with what to do.
-        let p = new(choose(
-            &Ask::default(),
-            &[],
-            &env(&[("OLLAMA_HOST", "0.0.0.0:8080")]),
-            &nothing,
-        )
-        .unwrap());
+        let p = found(&[("OLLAMA_HOST", "0.0.0.0:8080")], &nothing);
         assert_eq!(p.base_url, "http://127.0.0.1:8080/v1");
         assert_eq!(p.model, OLLAMA_SUGGESTED);
         assert!(p.hint.unwrap().contains("nothing answered"));
 
         // Nothing pulled.
         let empty = |_: &str| Some(Vec::new());
-        let p = new(choose(
-            &Ask::default(),
-            &[],
-            &env(&[("OLLAMA_HOST", "http://box:1234/")]),
-            &empty,
-        )
-        .unwrap());
+        let p = found(&[("OLLAMA_HOST", "http://box:1234/")], &empty);
         assert_eq!(p.base_url, "http://box:1234/v1");
         assert!(p.hint.unwrap().contains("lists no model"));
     }
@@ -497,13 +485,7 @@ mod tests {
 
     #[test]
     fn the_generated_sidecar_parses_and_declares_the_provider() {
-        let p = new(choose(
-            &Ask::default(),
-            &[],
-            &env(&[("ANTHROPIC_API_KEY", "k")]),
-            &nothing,
-        )
-        .unwrap());
+        let p = found(&[("ANTHROPIC_API_KEY", "k")], &nothing);
         let text = sidecar_toml(&p, super::super::scaffold::SIDECAR_TOML);
         let config =
             crate::sidecar::config::Config::parse(&text, "sidecar.toml", &|_| Some("k".into()))

@@ -42,6 +42,33 @@ fn coder_agent_with(env: &crate::Env, up: &Upstream, allow: &str, tools: &str) {
     );
 }
 
+/// The model's call editing `src/lib.rs`: `from` becomes `to`.
+fn edit(from: &str, to: &str) -> Behavior {
+    Behavior::tool_call(
+        "edit_file",
+        &format!(r#"{{"path":"src/lib.rs","search":"    {from}","replace":"    {to}"}}"#),
+    )
+}
+
+/// The model's call finishing with `summary`.
+fn finish(summary: &str) -> Behavior {
+    Behavior::tool_call(
+        "finish",
+        &serde_json::json!({ "summary": summary }).to_string(),
+    )
+}
+
+/// A plausible conversation fixing `examples/fix-me`: read the source,
+/// edit it, run `cargo test` through the broker, finish with `summary`.
+fn fixes_the_crate(summary: &str) -> Vec<Behavior> {
+    vec![
+        Behavior::tool_call("read_file", r#"{"path":"src/lib.rs"}"#),
+        edit("a - b", "a + b"),
+        Behavior::tool_call("run", r#"{"argv":["cargo","test","--offline"]}"#),
+        finish(summary),
+    ]
+}
+
 fn cargo_test(dir: &Path) -> std::process::Output {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["test", "--offline", "--quiet"])
@@ -60,18 +87,9 @@ fn the_coder_fixes_a_failing_test_through_the_broker_and_every_step_is_logged() 
         "the example must fail first"
     );
     let up = Upstream::start();
-    up.script([
-        Behavior::tool_call("read_file", r#"{"path":"src/lib.rs"}"#),
-        Behavior::tool_call(
-            "edit_file",
-            r#"{"path":"src/lib.rs","search":"    a - b","replace":"    a + b"}"#,
-        ),
-        Behavior::tool_call("run", r#"{"argv":["cargo","test","--offline"]}"#),
-        Behavior::tool_call(
-            "finish",
-            r#"{"summary":"add subtracted; it adds now and cargo test passes."}"#,
-        ),
-    ]);
+    up.script(fixes_the_crate(
+        "add subtracted; it adds now and cargo test passes.",
+    ));
     coder_agent(&env, &up, "\"cargo\"");
     let d = start(&env, &[]);
     d.wait_ready();
@@ -181,20 +199,12 @@ fn a_destructive_run_then_a_failure_leaves_the_workspace_as_it_was() {
 
 #[test]
 fn validation_rolls_a_bad_change_back_or_feeds_the_failure_back_to_retry() {
-    let edit = |from: &str, to: &str| {
-        Behavior::tool_call(
-            "edit_file",
-            &format!(r#"{{"path":"src/lib.rs","search":"    {from}","replace":"    {to}"}}"#),
-        )
-    };
-    let finish = || Behavior::tool_call("finish", r#"{"summary":"done"}"#);
-
     // No retry: a change that fails `cargo test` is rolled back.
     let env = repo();
     with_failing_crate(&env);
     let before = std::fs::read_to_string(env.ws("src/lib.rs")).unwrap();
     let up = Upstream::start();
-    up.script([edit("a - b", "a * b"), finish()]);
+    up.script([edit("a - b", "a * b"), finish("done")]);
     coder_agent_with(
         &env,
         &up,
@@ -224,9 +234,9 @@ fn validation_rolls_a_bad_change_back_or_feeds_the_failure_back_to_retry() {
     let up = Upstream::start();
     up.script([
         edit("a - b", "a * b"),
-        finish(),
+        finish("done"),
         edit("a * b", "a + b"),
-        finish(),
+        finish("done"),
     ]);
     coder_agent_with(
         &env,
@@ -332,18 +342,7 @@ fn init_with_an_api_key_gives_a_coder_reachable_by_a2a_and_by_trigger() {
     assert!(toml.contains("image = \"coder\""), "{toml}");
     assert!(toml.contains("allow = [\"cargo\", \"git\"]"), "{toml}");
 
-    up.script([
-        Behavior::tool_call("read_file", r#"{"path":"src/lib.rs"}"#),
-        Behavior::tool_call(
-            "edit_file",
-            r#"{"path":"src/lib.rs","search":"    a - b","replace":"    a + b"}"#,
-        ),
-        Behavior::tool_call("run", r#"{"argv":["cargo","test","--offline"]}"#),
-        Behavior::tool_call(
-            "finish",
-            r#"{"summary":"add adds now; cargo test passes."}"#,
-        ),
-    ]);
+    up.script(fixes_the_crate("add adds now; cargo test passes."));
     let d = try_start_with(&env, &[], &key)
         .unwrap_or_else(|out| panic!("cairn up: {}", String::from_utf8_lossy(&out.stderr)));
     d.wait_ready();
@@ -377,7 +376,7 @@ fn init_with_an_api_key_gives_a_coder_reachable_by_a2a_and_by_trigger() {
             "write_file",
             r#"{"path":"NOTES.md","content":"add adds.\n"}"#,
         ),
-        Behavior::tool_call("finish", r#"{"summary":"wrote NOTES.md"}"#),
+        finish("wrote NOTES.md"),
     ]);
     let (status, _, v) = d.post(
         "/triggers/coder",
@@ -428,7 +427,7 @@ fn init_with_an_ollama_gives_a_keyless_coder() {
 
     up.script([
         Behavior::tool_call("list_dir", r#"{"path":"."}"#),
-        Behavior::tool_call("finish", r#"{"summary":"looked around"}"#),
+        finish("looked around"),
     ]);
     let d = start(&env, &[]);
     d.wait_ready();
