@@ -15,6 +15,7 @@
 //!
 //! `cargo bench --bench sidecar` (about 1 minute)
 
+mod common;
 #[path = "../tests/it/upstream.rs"]
 mod upstream;
 
@@ -137,16 +138,6 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 struct Sidecar {
@@ -345,11 +336,11 @@ fn main() {
 
     println!("sidecar memory over 100,000 requests (64 clients):");
     let pid = sidecar.child.id();
-    let mut samples = vec![(0usize, rss_kib(pid))];
+    let mut samples = vec![(0usize, common::rss_kib(pid))];
     closed_loop(&rt, &client, via, 64, 100_000, |n| {
-        samples.push((n, rss_kib(pid)))
+        samples.push((n, common::rss_kib(pid)))
     });
-    samples.push((100_000, rss_kib(pid)));
+    samples.push((100_000, common::rss_kib(pid)));
     let line: Vec<String> = samples
         .iter()
         .map(|(n, kib)| format!("{}k: {:.1} MiB", n / 1000, *kib as f64 / 1024.0))
