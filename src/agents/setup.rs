@@ -107,18 +107,14 @@ pub fn choose(
     let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
     if let Some(url) = &ask.model_url {
         let base = openai_base(url)?;
-        let (model, hint) = pick_ollama(ask, &base, probe);
-        return Ok(Some(Choice::New(Provider {
-            name: "local",
-            kind: "openai",
-            base_url: format!("{base}/v1"),
-            key_env: None,
-            model,
-            alias: "local",
-            price: None,
-            found: "--model-url".into(),
-            hint,
-        })));
+        let listed = || probe(&base);
+        return Ok(Some(keyless(
+            "local",
+            &base,
+            "--model-url".into(),
+            ask,
+            listed,
+        )));
     }
     if !models.is_empty() {
         let alias = match &ask.model {
@@ -137,53 +133,103 @@ pub fn choose(
         };
         return Ok(Some(Choice::Existing { alias }));
     }
-    if set("ANTHROPIC_API_KEY").is_some() {
-        let model = ask
-            .model
-            .clone()
-            .unwrap_or_else(|| "claude-sonnet-4-5".into());
+    if let Some(k) = KEYED.iter().find(|k| set(k.key_env).is_some()) {
+        let model = ask.model.clone().unwrap_or_else(|| k.model.into());
         return Ok(Some(Choice::New(Provider {
-            name: "anthropic",
-            kind: "anthropic",
-            base_url: set("ANTHROPIC_BASE_URL")
-                .unwrap_or_else(|| "https://api.anthropic.com/v1".into()),
-            key_env: Some("ANTHROPIC_API_KEY"),
+            name: k.name,
+            kind: k.kind,
+            base_url: set(k.base_env).unwrap_or_else(|| k.base_url.into()),
+            key_env: Some(k.key_env),
             price: known_price(&model),
             model,
             alias: "smart",
-            found: "ANTHROPIC_API_KEY is set".into(),
+            found: format!("{} is set", k.key_env),
             hint: None,
         })));
     }
-    if set("OPENAI_API_KEY").is_some() {
-        let model = ask.model.clone().unwrap_or_else(|| "gpt-4.1".into());
-        return Ok(Some(Choice::New(Provider {
-            name: "openai",
-            kind: "openai",
-            base_url: set("OPENAI_BASE_URL").unwrap_or_else(|| "https://api.openai.com/v1".into()),
-            key_env: Some("OPENAI_API_KEY"),
-            price: known_price(&model),
-            model,
-            alias: "smart",
-            found: "OPENAI_API_KEY is set".into(),
-            hint: None,
-        })));
+    if let Some(host) = set("OLLAMA_HOST") {
+        let base = ollama_base(&host)?;
+        let listed = || probe(&base);
+        return Ok(Some(keyless(
+            "ollama",
+            &base,
+            "OLLAMA_HOST is set".into(),
+            ask,
+            listed,
+        )));
     }
-    let (base, found) = match set("OLLAMA_HOST") {
-        Some(host) => (ollama_base(&host)?, "OLLAMA_HOST is set".to_string()),
-        None => {
-            if probe(OLLAMA_DEFAULT).is_none() {
-                return Ok(None);
-            }
-            (
-                OLLAMA_DEFAULT.to_string(),
-                format!("an Ollama answers at {OLLAMA_DEFAULT}"),
-            )
-        }
+    // The default address: configured only when something answers there.
+    let Some(listed) = probe(OLLAMA_DEFAULT) else {
+        return Ok(None);
     };
-    let (model, hint) = pick_ollama(ask, &base, probe);
-    Ok(Some(Choice::New(Provider {
-        name: "ollama",
+    let found = format!("an Ollama answers at {OLLAMA_DEFAULT}");
+    Ok(Some(keyless("ollama", OLLAMA_DEFAULT, found, ask, || {
+        Some(listed)
+    })))
+}
+
+/// A provider found by its API key, with its default address and model.
+struct Keyed {
+    name: &'static str,
+    kind: &'static str,
+    key_env: &'static str,
+    /// The variable that moves its address (as the official SDKs read it).
+    base_env: &'static str,
+    base_url: &'static str,
+    model: &'static str,
+}
+
+/// In the order they are looked for.
+const KEYED: [Keyed; 2] = [
+    Keyed {
+        name: "anthropic",
+        kind: "anthropic",
+        key_env: "ANTHROPIC_API_KEY",
+        base_env: "ANTHROPIC_BASE_URL",
+        base_url: "https://api.anthropic.com/v1",
+        model: "claude-sonnet-4-5",
+    },
+    Keyed {
+        name: "openai",
+        kind: "openai",
+        key_env: "OPENAI_API_KEY",
+        base_env: "OPENAI_BASE_URL",
+        base_url: "https://api.openai.com/v1",
+        model: "gpt-4.1",
+    },
+];
+
+/// A keyless OpenAI-compatible server at `base` (no `/v1`): its model the
+/// one asked for, else one it lists (`listed`, asked only then; a coder
+/// model first), else the suggested one with how to get it.
+fn keyless(
+    name: &'static str,
+    base: &str,
+    found: String,
+    ask: &Ask,
+    listed: impl FnOnce() -> Option<Vec<String>>,
+) -> Choice {
+    let suggested = |why: String| (OLLAMA_SUGGESTED.to_string(), Some(why));
+    let (model, hint) = match &ask.model {
+        Some(m) => (m.clone(), None),
+        None => match listed() {
+            Some(names) if !names.is_empty() => {
+                let pick = names
+                    .iter()
+                    .find(|n| n.contains("coder"))
+                    .unwrap_or(&names[0]);
+                (pick.clone(), None)
+            }
+            Some(_) => suggested(format!(
+                "the server at {base} lists no model: `ollama pull {OLLAMA_SUGGESTED}` (or pass --model)"
+            )),
+            None => suggested(format!(
+                "nothing answered at {base}: start it, and `ollama pull {OLLAMA_SUGGESTED}` (or pass --model)"
+            )),
+        },
+    };
+    Choice::New(Provider {
+        name,
         kind: "openai",
         base_url: format!("{base}/v1"),
         key_env: None,
@@ -192,36 +238,7 @@ pub fn choose(
         price: None,
         found,
         hint,
-    })))
-}
-
-/// The model of a keyless server: the one asked for, else one it lists
-/// (a coder model first), else the suggested one with how to get it.
-fn pick_ollama(ask: &Ask, base: &str, probe: Probe) -> (String, Option<String>) {
-    if let Some(m) = &ask.model {
-        return (m.clone(), None);
-    }
-    match probe(base) {
-        Some(names) if !names.is_empty() => {
-            let pick = names
-                .iter()
-                .find(|n| n.contains("coder"))
-                .unwrap_or(&names[0]);
-            (pick.clone(), None)
-        }
-        Some(_) => (
-            OLLAMA_SUGGESTED.into(),
-            Some(format!(
-                "the server at {base} lists no model: `ollama pull {OLLAMA_SUGGESTED}` (or pass --model)"
-            )),
-        ),
-        None => (
-            OLLAMA_SUGGESTED.into(),
-            Some(format!(
-                "nothing answered at {base}: start it, and `ollama pull {OLLAMA_SUGGESTED}` (or pass --model)"
-            )),
-        ),
-    }
+    })
 }
 
 /// `OLLAMA_HOST` as a base URL: `host`, `host:port` or a URL; no port is
@@ -445,8 +462,14 @@ mod tests {
 
         // The default address, when something answers there.
         let local = |base: &str| (base == OLLAMA_DEFAULT).then(|| vec!["llama3:8b".to_string()]);
-        let p = found(&[], &local);
+        let asked = std::cell::Cell::new(0);
+        let counted = |base: &str| {
+            asked.set(asked.get() + 1);
+            local(base)
+        };
+        let p = found(&[], &counted);
         assert_eq!(p.model, "llama3:8b");
+        assert_eq!(asked.get(), 1, "the server is asked once");
         assert!(p.found.contains("answers at http://127.0.0.1:11434"));
 
         // Set but silent: configured anyway, with what to do.
